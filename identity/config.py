@@ -1,0 +1,125 @@
+"""All configuration, in one pydantic-settings class.
+
+Sources, highest priority first: keyword arguments, `IDENTITY_*` environment
+variables, a `.env` file, the TOML file named by `IDENTITY_CONFIG` (or
+`./identity.toml` when present), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get("IDENTITY_CONFIG")
+    if named:
+        return Path(named)
+    local = Path("identity.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IDENTITY_",
+        env_file=".env",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- models -----------------------------------------------------------------
+    model: str = Field("facenet-keras-128", description="Embedding model name (see `identity models list`).")
+    models_dir: Path = Field(Path("models"), description="Where weight files are looked for and fetched to.")
+    cache_dir: Path | None = Field(
+        None,
+        description="Where converted weights are cached; default: next to the source file when "
+        "that directory is writable, else the user cache directory.",
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+
+    # --- pipeline ---------------------------------------------------------------
+    min_face_size: int = Field(20, ge=8, description="Smallest face MTCNN looks for, in working-image pixels.")
+    detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    scale_factor: float = Field(0.709, gt=0.1, lt=1.0)
+    min_detection_probability: float = Field(0.9, ge=0.0, le=1.0)
+    detect_max_side: int = Field(
+        1600, ge=160, description="Images are decoded (JPEG draft mode) and detected at most this large."
+    )
+    max_image_pixels: int = Field(
+        64_000_000, description="Images declaring more pixels are refused (decompression-bomb guard)."
+    )
+    alignment: Literal["crop", "similarity"] = Field(
+        "crop", description="'crop': facenet's margin crop; 'similarity': 5-landmark similarity transform."
+    )
+    margin: int = Field(32, ge=0, description="Crop margin in working-image pixels (facenet's --margin).")
+    flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
+    batch_size: int = Field(32, ge=1, description="Images per detection batch and crops per embedding batch.")
+    decode_workers: int = Field(2, ge=0, description="Threads decoding images ahead of the model.")
+    threshold_level: Literal["loose", "normal", "strict"] = "normal"
+
+    # --- store --------------------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL; unset starts the embedded server under data_dir."
+    )
+    data_dir: Path = Field(
+        Path(platformdirs.user_data_dir("identity")),
+        description="Embedded database, index snapshots and job reports live here.",
+    )
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+
+    # --- index ----------------------------------------------------------------------
+    index_type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
+    index_exact_max: int = Field(
+        2_000_000, description="With index_type=auto, exact search up to this many faces."
+    )
+    index_nlist: int | None = None
+    index_nprobe: int | None = None
+    index_pq_m: int | None = None
+    index_hnsw_m: int = 32
+    index_ef_search: int | None = None
+    index_use_gpu: bool = True
+    search_k: int = Field(5, ge=1, le=1000)
+
+    # --- workers / API ------------------------------------------------------------------
+    broker_url: str | None = Field(None, description="Celery broker (Redis); unset runs work in-process.")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    allowed_roots: list[Path] = Field(
+        default_factory=list, description="Server-side directories the API may read for bulk jobs."
+    )
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_images_per_request: int = 32
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml = _config_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests build their own `Settings`)."""
+    return Settings()

@@ -1,0 +1,152 @@
+"""Typed errors.
+
+Every error the product raises on purpose is an `IdentityError`. Each class carries
+its CLI exit code and HTTP status, so the mapping is written once, here, and the CLI
+and the API only read it. Exit codes: 0 success, 1 a negative answer (verify said
+"different"), 2 bad input, 3 model or configuration problem, 4 a backing service
+(database, broker, index) unavailable, 5 not found or conflicting state.
+"""
+
+from __future__ import annotations
+
+
+class IdentityError(Exception):
+    """Base class. `code` is a stable machine-readable name."""
+
+    exit_code: int = 2
+    http_status: int = 400
+    code: str = "error"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def to_dict(self) -> dict:
+        body = {"code": self.code, "message": self.message}
+        if self.path is not None:
+            body["path"] = self.path
+        return body
+
+
+# --- bad input (exit 2) -------------------------------------------------------------
+
+
+class InputError(IdentityError):
+    exit_code = 2
+    http_status = 422
+    code = "invalid_input"
+
+
+class ImageDecodeError(InputError):
+    """The bytes are not a readable image (empty, truncated, not an image, unsupported)."""
+
+    code = "unreadable_image"
+
+
+class ImageTooLargeError(InputError):
+    """The image declares more pixels than allowed (decompression-bomb guard)."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class PayloadTooLargeError(InputError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class NoFaceError(InputError):
+    code = "no_face"
+
+
+class MultipleFacesError(InputError):
+    code = "multiple_faces"
+
+
+class PathNotAllowedError(InputError):
+    code = "path_not_allowed"
+    http_status = 403
+
+
+# --- model / configuration (exit 3) ------------------------------------------------
+
+
+class ConfigError(IdentityError):
+    exit_code = 3
+    http_status = 500
+    code = "configuration_error"
+
+
+class ModelError(IdentityError):
+    exit_code = 3
+    http_status = 503
+    code = "model_error"
+
+
+class ModelNotFoundError(ModelError):
+    """Unknown model name, or its weight file is missing."""
+
+    code = "model_not_found"
+
+
+class ModelCorruptError(ModelError):
+    """A weight file exists but its checksum or contents are wrong."""
+
+    code = "model_corrupt"
+
+
+class ModelMismatchError(ModelError):
+    """Embeddings of different models (or dimensions) were mixed."""
+
+    code = "model_mismatch"
+
+
+# --- backing services (exit 4) ------------------------------------------------------
+
+
+class ServiceUnavailableError(IdentityError):
+    exit_code = 4
+    http_status = 503
+    code = "service_unavailable"
+
+
+class StoreError(ServiceUnavailableError):
+    code = "store_error"
+
+
+class IndexUnavailableError(ServiceUnavailableError):
+    code = "index_unavailable"
+
+
+# --- state (exit 5) -------------------------------------------------------------------
+
+
+class NotFoundError(IdentityError):
+    exit_code = 5
+    http_status = 404
+    code = "not_found"
+
+
+class ConflictError(IdentityError):
+    exit_code = 5
+    http_status = 409
+    code = "conflict"
+
+
+# --- access (API) ---------------------------------------------------------------------
+
+
+class AuthenticationError(IdentityError):
+    exit_code = 2
+    http_status = 401
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(IdentityError):
+    exit_code = 2
+    http_status = 403
+    code = "forbidden"
