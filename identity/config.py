@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     min_face_size: int = Field(20, ge=8, description="Smallest face MTCNN looks for, in working-image pixels.")
     detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     scale_factor: float = Field(0.709, gt=0.1, lt=1.0)
-    min_detection_probability: float = Field(0.9, ge=0.0, le=1.0)
+    min_detection_probability: float = Field(
+        0.95, ge=0.0, le=1.0, description="Faces MTCNN scores below this are dropped (0.9 admits false faces on misc/nonface)."
+    )
     detect_max_side: int = Field(
         1600, ge=160, description="Images are decoded (JPEG draft mode) and detected at most this large."
     )
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
     alignment: Literal["crop", "similarity"] = Field(
         "crop", description="'crop': facenet's margin crop; 'similarity': 5-landmark similarity transform."
     )
-    margin: int = Field(32, ge=0, description="Crop margin in working-image pixels (facenet's --margin).")
+    margin: int = Field(32, ge=0, description="Crop margin in output-crop pixels (facenet-pytorch semantics, scale-invariant).")
     flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
     batch_size: int = Field(32, ge=1, description="Images per detection batch and crops per embedding batch.")
     decode_workers: int = Field(2, ge=0, description="Threads decoding images ahead of the model.")
@@ -91,6 +93,21 @@ class Settings(BaseSettings):
     index_ef_search: int | None = None
     index_use_gpu: bool = True
     search_k: int = Field(5, ge=1, le=1000)
+
+    # --- clustering ------------------------------------------------------------------------
+    cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
+        "components", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
+    )
+    cluster_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked."
+    )
+    cluster_k: int = Field(20, ge=2, le=1000, description="Neighbours per face in the kNN graph.")
+    cluster_min_size: int = Field(2, ge=1, description="Smaller groups are reported as unclustered.")
+    cluster_min_face_size: float = Field(0.0, ge=0, description="Skip faces whose box is shorter (px); 0 = off.")
+    cluster_min_probability: float = Field(0.0, ge=0, le=1, description="Skip faces below this detection probability.")
+    cluster_min_blur: float = Field(
+        0.0, ge=0, description="Skip crops whose variance of the Laplacian is below this; 0 = off."
+    )
 
     # --- workers / API ------------------------------------------------------------------
     broker_url: str | None = Field(None, description="Celery broker (Redis); unset runs work in-process.")

@@ -1,0 +1,301 @@
+"""The `identity` command line. Thin: parse, call `identity.service`, format.
+
+Exit codes come from the error types (identity/errors.py): 0 success, 1 a negative
+answer (verify: different people), 2 bad input, 3 model or configuration problem,
+4 a backing service unavailable, 5 not found or conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from identity.config import Settings, get_settings
+from identity.errors import IdentityError
+from identity.faces.types import ImageResult
+
+app = typer.Typer(
+    name="identity",
+    help="Who is this face? Enroll photos, search, verify, cluster and evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="List and fetch embedding models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+Images = Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")]
+
+
+def main() -> None:
+    """Console-script entry point: every `IdentityError` becomes its message and exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except IdentityError as exc:
+        err.print(f"[red]error[/red] ({exc.code}): {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def service():
+    from identity.service import Service
+
+    return Service(settings())
+
+
+def progress(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+        disable=not err.is_terminal,
+    )
+
+
+def dump(data: Any) -> None:
+    out.print_json(json.dumps(data)) if out.is_terminal else print(json.dumps(data))
+
+
+def face_dict(face) -> dict:
+    return {
+        "box": [round(float(v), 1) for v in face.box],
+        "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+        "probability": round(float(face.probability), 4),
+    }
+
+
+def error_dict(result: ImageResult) -> dict:
+    return {"source": result.source, "error": result.error.to_dict()}  # type: ignore[union-attr]
+
+
+# --- detect -----------------------------------------------------------------------------
+
+
+@app.command()
+def detect(
+    images: Images,
+    draw: Annotated[
+        Optional[Path], typer.Option(help="Write an annotated copy of the (single) image here.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Find faces: boxes, 5 landmarks and detection probabilities (no embedding model needed)."""
+    from identity.files import expand_images
+    from identity.service import Detection
+
+    paths = list(expand_images(images))
+    if draw is not None and len(paths) != 1:
+        raise typer.BadParameter("--draw takes exactly one image", param_hint="--draw")
+    records, failed = [], 0
+    for item in service().detect(paths):
+        if isinstance(item, Detection):
+            records.append(
+                {"source": item.source, "width": item.width, "height": item.height,
+                 "faces": [face_dict(f) for f in item.faces]}
+            )
+            if draw is not None:
+                _draw(item, draw)
+        else:
+            failed += 1
+            records.append(error_dict(item))
+    if as_json:
+        dump(records)
+    else:
+        for record in records:
+            if "error" in record:
+                err.print(f"[yellow]skipped[/yellow] {record['source']}: {record['error']['message']}")
+                continue
+            out.print(f"[bold]{record['source']}[/bold] ({record['width']}×{record['height']}): "
+                      f"{len(record['faces'])} face(s)")
+            for i, face in enumerate(record["faces"]):
+                out.print(f"  #{i} box={face['box']} p={face['probability']}")
+    if failed == len(records) and records:
+        raise typer.Exit(2)
+
+
+def _draw(detection, target: Path) -> None:
+    from PIL import Image, ImageDraw, ImageOps
+
+    with Image.open(detection.source) as raw:
+        image = ImageOps.exif_transpose(raw).convert("RGB")
+    pen = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 400))
+    for face in detection.faces:
+        pen.rectangle(face.box, outline=(0, 255, 0), width=width)
+        for x, y in face.landmarks:
+            pen.ellipse((x - width, y - width, x + width, y + width), fill=(255, 0, 0))
+        pen.text((face.box[0], max(0, face.box[1] - 12)), f"{face.probability:.3f}", fill=(0, 255, 0))
+    image.save(target)
+    err.print(f"wrote {target}")
+
+
+# --- embed ------------------------------------------------------------------------------
+
+
+@app.command()
+def embed(
+    images: Images,
+    out_file: Annotated[Path, typer.Option("--out", help="Embeddings as an N×dim float32 .npy file.")],
+    select: Annotated[
+        str, typer.Option(help="Faces per image: all, largest, or central (facenet's LFW rule).")
+    ] = "all",
+    as_json: JsonOption = False,
+) -> None:
+    """Embed every face (or one per image) into FILE.npy, with FILE.json describing each row."""
+    from identity.files import expand_images
+
+    if select not in ("all", "largest", "central"):
+        raise typer.BadParameter("choose all, largest or central", param_hint="--select")
+    paths = list(expand_images(images))
+    svc = service()
+    vectors, rows, skipped = [], [], []
+    with progress() as bar:
+        task = bar.add_task("embedding", total=len(paths), rate="")
+        for result in svc.embed(paths, select=select):  # type: ignore[arg-type]
+            bar.advance(task)
+            if result.error is not None:
+                skipped.append(error_dict(result))
+                continue
+            for index, face in enumerate(result.faces):
+                vectors.append(face.embedding)
+                rows.append({"source": result.source, "face": index, **face_dict(face)})
+    matrix = np.stack(vectors) if vectors else np.zeros((0, svc.pipeline.dim), np.float32)
+    np.save(out_file, matrix.astype(np.float32))
+    sidecar = out_file.with_suffix(".json")
+    meta = {"model": svc.pipeline.model_name, "version": svc.pipeline.model_version,
+            "dim": svc.pipeline.dim, "rows": rows, "skipped": skipped}
+    sidecar.write_text(json.dumps(meta, indent=1))
+    summary = {"embeddings": len(rows), "images": len(paths), "skipped": len(skipped),
+               "out": str(out_file), "rows": str(sidecar)}
+    if as_json:
+        dump(summary)
+    else:
+        for item in skipped:
+            err.print(f"[yellow]skipped[/yellow] {item['source']}: {item['error']['message']}")
+        out.print(f"{len(rows)} face embedding(s) from {len(paths) - len(skipped)} image(s) → "
+                  f"{out_file} ({matrix.shape[0]}×{matrix.shape[1]}), rows in {sidecar}")
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    a: Annotated[Path, typer.Argument(help="First photo.")],
+    b: Annotated[Path, typer.Argument(help="Second photo.")],
+    level: Annotated[
+        Optional[str], typer.Option(help="Threshold level: loose, normal or strict (see `models list`).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Are the faces in A and B the same person? Exit 0: same, 1: different, 2: bad input.
+
+    A photo with several faces is compared by its largest face (reported)."""
+    if level is not None and level not in ("loose", "normal", "strict"):
+        raise typer.BadParameter("choose loose, normal or strict", param_hint="--level")
+    result = service().verify(a, b, level=level)
+    if as_json:
+        dump({
+            "same": result.same, "similarity": round(result.similarity, 5),
+            "distance": round(result.distance, 5), "threshold": round(result.threshold, 5),
+            "level": result.level, "model": result.model,
+            "a": {"source": str(a), "faces": result.faces_in_a, **face_dict(result.face_a)},
+            "b": {"source": str(b), "faces": result.faces_in_b, **face_dict(result.face_b)},
+        })
+    else:
+        for path, count in ((a, result.faces_in_a), (b, result.faces_in_b)):
+            if count > 1:
+                err.print(f"[yellow]note[/yellow]: {path} has {count} faces; compared the largest")
+        verdict = "[green]SAME[/green]" if result.same else "[red]DIFFERENT[/red]"
+        out.print(f"{verdict} person  similarity={result.similarity:.4f}  distance={result.distance:.4f}"
+                  f"  threshold={result.threshold:.4f} ({result.level}, {result.model})")
+    raise typer.Exit(0 if result.same else 1)
+
+
+# --- models -----------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOption = False) -> None:
+    """Known models, their dimension, whether the weights are present, and thresholds."""
+    from identity.faces import registry
+
+    cfg = settings()
+    rows = []
+    for spec in registry.list_models():
+        rows.append({
+            "name": spec.name, "version": spec.version, "dim": spec.dim,
+            "normalization": spec.normalization, "default": spec.name == cfg.model,
+            "status": registry.verify(spec, cfg),
+            "weights": str(registry.weight_path(spec, cfg)),
+            "thresholds": registry.load_thresholds(spec, cfg),
+        })
+    if as_json:
+        dump(rows)
+        return
+    table = Table("model", "dim", "version", "weights", "thresholds (cosine)")
+    for row in rows:
+        name = f"{row['name']} (default)" if row["default"] else row["name"]
+        levels = ", ".join(f"{k}={v:.3f}" for k, v in row["thresholds"].items())
+        table.add_row(name, str(row["dim"]), row["version"], f"{row['status']}: {row['weights']}", levels)
+    out.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Model name (see `identity models list`).")],
+    allow_unpinned: Annotated[
+        bool, typer.Option(help="Accept a download whose sha256 the manifest does not pin.")
+    ] = False,
+) -> None:
+    """Download a model's weights into IDENTITY_MODELS_DIR and verify their sha256."""
+    from identity.faces import registry
+
+    path = registry.fetch(name, settings(), allow_unpinned=allow_unpinned)
+    out.print(f"{name}: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""Detected face → fixed-size aligned crop, the embedding network's input.
+
+Two methods:
+
+* ``crop``: facenet's box crop with a margin, resized to the network's input size. The
+  margin is expressed in output pixels (as facenet-pytorch's ``extract_face``), so a face
+  is framed the same way whether it is 100 px or 1000 px wide in the photo.
+* ``similarity``: a 4-degree-of-freedom similarity transform (rotation, uniform scale,
+  translation) that maps the 5 detected landmarks onto a template, which removes head roll.
+
+The template is the mean landmark position of ``crop``-aligned faces of LFW (margin 32,
+160 px), so both methods frame faces the way the FaceNet weights were trained on: only
+the in-plane rotation and jitter differ. `benchmarks/bench_lfw.py` measures both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from identity.faces.types import DetectedFace
+
+Method = Literal["crop", "similarity"]
+
+# Mean (x, y) of the five MTCNN landmarks in 160×160 margin-32 crops of lfw-dev faces,
+# scaled to a unit square: left eye, right eye, nose, left and right mouth corners.
+TEMPLATE_UNIT = np.array(
+    [
+        [0.3419, 0.4051],
+        [0.6532, 0.4030],
+        [0.4991, 0.5781],
+        [0.3681, 0.7342],
+        [0.6311, 0.7327],
+    ],
+    dtype=np.float64,
+)
+
+
+def align(
+    pixels: np.ndarray,
+    face: DetectedFace,
+    *,
+    method: Method = "crop",
+    image_size: int = 160,
+    margin: int = 32,
+) -> np.ndarray:
+    if method == "crop":
+        return crop(pixels, face.box, image_size=image_size, margin=margin)
+    if method == "similarity":
+        return warp(pixels, face.landmarks, image_size=image_size)
+    raise ValueError(f"unknown alignment method {method!r}; use 'crop' or 'similarity'")
+
+
+def crop(
+    pixels: np.ndarray,
+    box: tuple[float, float, float, float],
+    *,
+    image_size: int = 160,
+    margin: int = 32,
+) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    x1, y1, x2, y2 = box
+    pad_x = margin * (x2 - x1) / max(image_size - margin, 1) / 2
+    pad_y = margin * (y2 - y1) / max(image_size - margin, 1) / 2
+    left, top = int(max(x1 - pad_x, 0)), int(max(y1 - pad_y, 0))
+    right, bottom = int(min(x2 + pad_x, w)), int(min(y2 + pad_y, h))
+    region = Image.fromarray(pixels[top:bottom, left:right])
+    return np.asarray(region.resize((image_size, image_size), Image.BILINEAR))
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (Umeyama, 1991) mapping src points onto dst.
+    Returns the 2×3 matrix [sR | t]."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    covariance = dst_c.T @ src_c / len(src)
+    u, singular, vt = np.linalg.svd(covariance)
+    d = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # a reflection is not a similarity
+        d[1, 1] = -1
+    rotation = u @ d @ vt
+    variance = (src_c**2).sum() / len(src)
+    scale = (singular * np.diag(d)).sum() / variance if variance > 0 else 1.0
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def warp(pixels: np.ndarray, landmarks: np.ndarray, *, image_size: int = 160) -> np.ndarray:
+    template = TEMPLATE_UNIT * image_size
+    forward = similarity_transform(np.asarray(landmarks).reshape(5, 2), template)
+    # Pillow's AFFINE wants the output→input mapping.
+    inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]
+    image = Image.fromarray(pixels).transform(
+        (image_size, image_size), Image.AFFINE, data=tuple(inverse.ravel()), resample=Image.BILINEAR
+    )
+    return np.asarray(image)

@@ -1,0 +1,78 @@
+"""Aligned crops → L2-normalised embeddings, in batches, on the best device."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Normalization = Literal["per_image", "fixed"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def standardize(batch: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """N×3×H×W float in 0..255 → the network's input scale."""
+    if normalization == "fixed":
+        return (batch - 127.5) / 128.0
+    # facenet's prewhiten: per-image standardisation, std floored so flat crops don't explode.
+    flat = batch.flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std = flat.std(dim=1, unbiased=False)
+    std = torch.clamp(std, min=1.0 / (flat.shape[1] ** 0.5)).view(-1, 1, 1, 1)
+    return (batch - mean) / std
+
+
+class Embedder:
+    """Wraps an embedding network. `embed` takes uint8 crops and returns unit vectors.
+
+    With `flip`, the embedding of the mirrored crop is added before normalising (a free
+    test-time augmentation that usually gains a few tenths of a point on LFW)."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        *,
+        dim: int,
+        input_size: int,
+        normalization: Normalization,
+        device: torch.device | str = "cpu",
+        flip: bool = True,
+        batch_size: int = 32,
+    ) -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.dim = dim
+        self.input_size = input_size
+        self.normalization = normalization
+        self.flip = flip
+        self.batch_size = batch_size
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        expected = (self.input_size, self.input_size, 3)
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise ValueError(f"crops must be N×{expected[0]}×{expected[1]}×3, got {crops.shape}")
+        out = np.empty((len(crops), self.dim), dtype=np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            out[start : start + len(chunk)] = self._embed_chunk(chunk)
+        return out
+
+    @torch.inference_mode()
+    def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+        batch = standardize(batch.permute(0, 3, 1, 2).float(), self.normalization)
+        if self.flip:
+            both = self.network(torch.cat([batch, batch.flip(3)]))
+            vectors = both[: len(chunk)] + both[len(chunk) :]
+        else:
+            vectors = self.network(batch)
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
+        return vectors.cpu().numpy()

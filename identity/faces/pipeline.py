@@ -1,0 +1,193 @@
+"""The face pipeline: image references → decoded → detected → aligned → embedded.
+
+Work flows in batches of `settings.batch_size` images. Reading and decoding run ahead
+in a small thread pool (Pillow and file reads release the GIL), detection runs one
+MTCNN call per size bucket, and every crop of the batch is embedded in one network call.
+Results come out in input order, one `ImageResult` per reference; an unreadable image
+becomes a result with `error` set and never interrupts the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from identity.config import Settings, get_settings
+from identity.errors import InputError
+from identity.faces import registry
+from identity.faces.align import align
+from identity.faces.decode import DecodedImage, decode_image, read_bytes
+from identity.faces.detect import Detector, Selection, select_faces
+from identity.faces.embed import Embedder, resolve_device
+from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
+
+log = logging.getLogger(__name__)
+
+# A face this many pixels tall (in the working image) or more gets full size credit.
+_FULL_QUALITY_SIZE = 112.0
+
+
+def as_ref(item: ImageRef | str | Path) -> ImageRef:
+    return item if isinstance(item, ImageRef) else ImageRef(source=str(item))
+
+
+def load_image(ref: ImageRef | str | Path, settings: Settings) -> DecodedImage:
+    """Read (unless the bytes are in the ref) and decode at the configured limits."""
+    ref = as_ref(ref)
+    data = ref.data if ref.data is not None else read_bytes(ref.source)
+    return decode_image(
+        data,
+        source=ref.source,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.detect_max_side,
+    )
+
+
+def face_quality(face: DetectedFace) -> float:
+    """0..1: detection confidence discounted for faces too small to embed reliably."""
+    size = min(face.width, face.height)
+    return float(face.probability * min(1.0, size / _FULL_QUALITY_SIZE))
+
+
+class FacePipeline:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.device = resolve_device(self.settings.device)
+        self.spec = registry.get_model(self.settings.model)
+        network = registry.load_network(self.spec, self.settings, device=self.device)
+        self.embedder = Embedder(
+            network,
+            dim=self.spec.dim,
+            input_size=self.spec.input_size,
+            normalization=self.spec.normalization,
+            device=self.device,
+            flip=self.settings.flip,
+            batch_size=self.settings.batch_size,
+        )
+        self.detector = Detector(self.settings, self.device)
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model_version(self) -> str:
+        return self.spec.version
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    # --- public -------------------------------------------------------------------
+
+    def process(
+        self,
+        refs: Iterable[ImageRef | str | Path],
+        *,
+        select: Selection = "all",
+        keep_crops: bool = False,
+    ) -> Iterator[ImageResult]:
+        decoded = self._decode_ahead(as_ref(r) for r in refs)
+        while batch := list(islice(decoded, self.settings.batch_size)):
+            yield from self._process_batch(batch, select=select, keep_crops=keep_crops)
+
+    def embed_image(self, ref: ImageRef | str | Path, *, select: Selection = "all") -> ImageResult:
+        return next(iter(self.process([ref], select=select)))
+
+    def decode(self, ref: ImageRef | str | Path) -> DecodedImage:
+        return load_image(ref, self.settings)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _decode_or_error(self, ref: ImageRef) -> DecodedImage | ImageResult:
+        try:
+            return self.decode(ref)
+        except InputError as exc:
+            return ImageResult(source=ref.source, error=exc)
+
+    def _decode_ahead(self, refs: Iterator[ImageRef]) -> Iterator[DecodedImage | ImageResult]:
+        """Decode in threads, at most two batches ahead, preserving order. Bounded, so a
+        million-file directory is never read into memory at once."""
+        workers = self.settings.decode_workers
+        if workers == 0:
+            yield from map(self._decode_or_error, refs)
+            return
+        lookahead = 2 * self.settings.batch_size
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future] = deque()
+            for ref in refs:
+                pending.append(pool.submit(self._decode_or_error, ref))
+                if len(pending) >= lookahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _process_batch(
+        self, batch: list[DecodedImage | ImageResult], *, select: Selection, keep_crops: bool
+    ) -> list[ImageResult]:
+        images = [item for item in batch if isinstance(item, DecodedImage)]
+        detections = self.detector.detect([image.pixels for image in images])
+        chosen = [
+            select_faces(faces, image.pixels.shape, select)
+            for image, faces in zip(images, detections)
+        ]
+        crops = [
+            align(
+                image.pixels,
+                face,
+                method=self.settings.alignment,
+                image_size=self.spec.input_size,
+                margin=self.settings.margin,
+            )
+            for image, faces in zip(images, chosen)
+            for face in faces
+        ]
+        size = self.spec.input_size
+        stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+        embeddings = self.embedder.embed(stacked)
+
+        results: dict[int, ImageResult] = {}
+        cursor = 0
+        for image, faces in zip(images, chosen):
+            built = []
+            for face in faces:
+                built.append(
+                    _to_full_resolution(
+                        face,
+                        image.scale,
+                        embedding=embeddings[cursor],
+                        crop=stacked[cursor] if keep_crops else None,
+                    )
+                )
+                cursor += 1
+            results[id(image)] = ImageResult(
+                source=image.source,
+                sha256=image.sha256,
+                width=image.width,
+                height=image.height,
+                faces=tuple(built),
+            )
+        return [results[id(item)] if isinstance(item, DecodedImage) else item for item in batch]
+
+
+def _to_full_resolution(
+    face: DetectedFace, scale: float, *, embedding: np.ndarray, crop: np.ndarray | None
+) -> Face:
+    """Boxes and landmarks are reported in the original photo's (upright) pixels, whatever
+    resolution detection ran at; quality is judged at the working resolution, where the
+    network saw the face."""
+    inverse = 1.0 / scale
+    return Face(
+        box=tuple(float(v) * inverse for v in face.box),  # type: ignore[arg-type]
+        landmarks=(face.landmarks * inverse).astype(np.float32),
+        probability=face.probability,
+        embedding=embedding,
+        quality=face_quality(face),
+        crop=crop,
+    )
