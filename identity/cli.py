@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from identity.config import Settings, get_settings
-from identity.errors import IdentityError
+from identity.errors import IdentityError, InputError
 from identity.faces.types import ImageResult
 
 app = typer.Typer(
@@ -38,7 +38,13 @@ app = typer.Typer(
     add_completion=False,
 )
 models_app = typer.Typer(help="List and fetch embedding models.", no_args_is_help=True)
+persons_app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.", no_args_is_help=True)
+index_app = typer.Typer(help="The FAISS search index mirrored from PostgreSQL.", no_args_is_help=True)
+db_app = typer.Typer(help="The PostgreSQL database.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(persons_app, name="persons")
+app.add_typer(index_app, name="index")
+app.add_typer(db_app, name="db")
 
 out = Console()
 err = Console(stderr=True)
@@ -295,6 +301,242 @@ def models_fetch(
 
     path = registry.fetch(name, settings(), allow_unpinned=allow_unpinned)
     out.print(f"{name}: {path}")
+
+
+# --- enroll -----------------------------------------------------------------------------
+
+
+@app.command()
+def enroll(
+    source: Annotated[Path, typer.Argument(
+        help="A folder with one sub-folder per person (DIR/<person>/*.jpg), or a CSV/JSONL "
+        "manifest with columns path, person[, display_name].")],
+    largest_face: Annotated[bool, typer.Option(
+        "--largest-face", help="Enroll the largest face of a photo with several (default: skip it).")] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        help="CSV of every file not enrolled, with the reason (default: under the data dir).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detect, embed and store every face of a photo collection, idempotently: run it again
+    after an interruption and it finishes the job without duplicates."""
+    import time
+
+    from identity import enroll as enrollment
+
+    if source.is_dir():
+        items = list(enrollment.items_from_directory(source))
+    elif source.is_file():
+        items = list(enrollment.items_from_manifest(source))
+    else:
+        raise IdentityError("no such file or directory", path=str(source))
+    cfg = settings()
+    report = report or cfg.data_dir / "reports" / f"enroll-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    with service() as svc, progress() as bar:
+        task = bar.add_task("enrolling", total=len(items), rate="")
+        started = time.perf_counter()
+
+        def advance(outcomes) -> None:
+            bar.advance(task, len(outcomes))
+            done = bar.tasks[0].completed
+            bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.1f} img/s")
+
+        summary = svc.enroll(items, largest_face=largest_face, report=report, on_progress=advance)
+    if as_json:
+        dump(summary.to_dict())
+        return
+    table = Table("outcome", "images", title=f"enrolled from {source}")
+    for status, count in summary.to_dict().items():
+        if status in ("total", "seconds", "images_per_s", "report"):
+            continue
+        table.add_row(status.replace("_", " "), str(count))
+    table.add_row("[bold]total[/bold]", str(summary.total))
+    out.print(table)
+    rate = summary.to_dict()["images_per_s"]
+    out.print(f"{summary.seconds:.1f} s ({rate} images/s)")
+    if summary.skipped:
+        out.print(f"{summary.skipped} file(s) skipped; reasons in {summary.report}")
+
+
+# --- persons ------------------------------------------------------------------------------
+
+
+def person_dict(person) -> dict:
+    return {"id": person.id, "external_id": person.external_id, "display_name": person.display_name,
+            "faces": person.face_count, "aliases": list(person.aliases), "metadata": person.metadata,
+            "created_at": person.created_at.isoformat(), "updated_at": person.updated_at.isoformat()}
+
+
+def store():
+    from identity.store import Store
+
+    return Store(settings())
+
+
+@persons_app.command("list")
+def persons_list(
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    after: Annotated[Optional[int], typer.Option(help="Continue after this person id.")] = None,
+    query: Annotated[Optional[str], typer.Option(help="Filter by external id or name.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Persons, in id order, a page at a time."""
+    with store() as db:
+        page = db.list_persons(limit=limit, after=after, query=query)
+    if as_json:
+        dump({"items": [person_dict(p) for p in page.items], "next_after": page.next_after})
+        return
+    table = Table("id", "external id", "name", "faces")
+    for p in page.items:
+        table.add_row(str(p.id), p.external_id, p.display_name or "", str(p.face_count))
+    out.print(table)
+    if page.next_after is not None:
+        out.print(f"more: --after {page.next_after}")
+
+
+@persons_app.command("show")
+def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or alias.")],
+                 as_json: JsonOption = False) -> None:
+    """One person with their faces."""
+    with store() as db:
+        person = db.get_person(ref)
+        faces = db.person_faces(person.id)
+    record = person_dict(person)
+    record["face_rows"] = [
+        {"id": f.id, "source": f.source, "face_index": f.face_index,
+         "box": [round(v, 1) for v in f.box], "probability": round(f.det_prob, 4),
+         "quality": round(f.quality, 3), "model": f.model}
+        for f in faces
+    ]
+    if as_json:
+        dump(record)
+        return
+    out.print(f"[bold]{person.external_id}[/bold] (id {person.id}) {person.display_name or ''}")
+    if person.aliases:
+        out.print(f"aliases: {', '.join(person.aliases)}")
+    table = Table("face", "source", "box", "p", "quality", "model")
+    for f in record["face_rows"]:
+        table.add_row(str(f["id"]), f["source"] or "", str(f["box"]), str(f["probability"]),
+                      str(f["quality"]), f["model"])
+    out.print(table)
+
+
+@persons_app.command("rename")
+def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, typer.Argument()]) -> None:
+    """Set a person's display name."""
+    with store() as db:
+        person = db.rename_person(ref, name)
+    out.print(f"{person.external_id}: {person.display_name}")
+
+
+@persons_app.command("merge")
+def persons_merge(
+    keep: Annotated[str, typer.Argument(help="The person that stays.")],
+    other: Annotated[str, typer.Argument(help="Merged into KEEP; its external id becomes an alias.")],
+) -> None:
+    """Move every face of OTHER to KEEP."""
+    with store() as db:
+        result = db.merge_persons(keep, other)
+    out.print(f"merged {result.merged_external_id} into {result.person.external_id}: "
+              f"{result.faces_moved} face(s) moved")
+
+
+@persons_app.command("delete")
+def persons_delete(
+    ref: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a person, their faces and embeddings, and images no other face uses."""
+    if not yes and not typer.confirm(f"delete {ref} and all their faces?"):
+        raise typer.Abort()
+    with store() as db:
+        result = db.delete_person(ref)
+    out.print(f"deleted {result.external_id}: {result.faces_deleted} face(s), "
+              f"{result.images_deleted} image(s)")
+
+
+@app.command("export")
+def export_cmd(out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")]) -> None:
+    """Persons, faces and embeddings as Parquet + JSON, readable without this project."""
+    with store() as db:
+        result = db.export(out_dir)
+    out.print(f"exported {result.persons} person(s), {result.faces} face(s) to {result.out_dir}")
+
+
+# --- search and the index --------------------------------------------------------------------
+
+
+@app.command()
+def search(
+    images: Images,
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="Faces considered per query.")] = 5,
+    level: Annotated[Optional[str], typer.Option(help="loose, normal or strict.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Who is in these photos? Every face is searched among the enrolled persons."""
+    from identity.files import expand_images
+
+    records = []
+    with service() as svc:
+        for path in expand_images(images):
+            try:
+                found = svc.search_image(path, k=k, level=level)
+            except IdentityError as exc:
+                if not isinstance(exc, InputError):
+                    raise
+                records.append({"source": str(path), "error": exc.to_dict()})
+                continue
+            records.append({"source": str(path), "faces": [
+                {**face_dict(hit.face), "known": hit.known,
+                 "nearest_similarity": None if hit.nearest_similarity is None else round(hit.nearest_similarity, 4),
+                 "matches": [{"person_id": m.person_id, "external_id": m.external_id,
+                              "display_name": m.display_name, "similarity": round(m.similarity, 4),
+                              "faces": m.faces} for m in hit.matches]}
+                for hit in found]})
+    if as_json:
+        dump(records)
+        return
+    for record in records:
+        if "error" in record:
+            err.print(f"[yellow]skipped[/yellow] {record['source']}: {record['error']['message']}")
+            continue
+        out.print(f"[bold]{record['source']}[/bold]: {len(record['faces'])} face(s)")
+        for i, face in enumerate(record["faces"]):
+            if face["known"]:
+                best = face["matches"][0]
+                out.print(f"  #{i} box={face['box']} → [green]{best['external_id']}[/green] "
+                          f"similarity={best['similarity']} ({best['faces']} matching face(s))")
+            else:
+                out.print(f"  #{i} box={face['box']} → [red]unknown[/red] "
+                          f"(nearest similarity {face['nearest_similarity']})")
+
+
+@index_app.command("status")
+def index_status(as_json: JsonOption = False) -> None:
+    """Size, watermark, lag behind the database, index type and device."""
+    with service() as svc:
+        status = svc.index.status().to_dict()
+    if as_json:
+        dump(status)
+    else:
+        for key, value in status.items():
+            out.print(f"{key:>20}: {value}")
+
+
+@index_app.command("rebuild")
+def index_rebuild() -> None:
+    """Rebuild the index from PostgreSQL and write a fresh snapshot."""
+    with service() as svc:
+        status = svc.index.rebuild().to_dict()
+    out.print(f"rebuilt: {status['count']} face(s), watermark {status['watermark']}, {status['index_type']}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (automatic for the embedded database)."""
+    from identity.store.migrate import upgrade
+
+    applied = upgrade(settings())
+    out.print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
 
 
 if __name__ == "__main__":  # pragma: no cover

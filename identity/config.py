@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     index_ef_search: int | None = None
     index_use_gpu: bool = True
     search_k: int = Field(5, ge=1, le=1000)
+    index_poll_seconds: float = Field(
+        1.0, gt=0, description="The index follower re-reads the change log at least this often "
+        "(LISTEN/NOTIFY wakes it sooner; polling is the safety net for a lost notification)."
+    )
+    index_snapshot_changes: int = Field(
+        50_000, ge=1, description="Write a new index snapshot after this many applied changes."
+    )
 
     # --- clustering ------------------------------------------------------------------------
     cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
@@ -106,7 +113,7 @@ class Settings(BaseSettings):
     cluster_min_face_size: float = Field(0.0, ge=0, description="Skip faces whose box is shorter (px); 0 = off.")
     cluster_min_probability: float = Field(0.0, ge=0, le=1, description="Skip faces below this detection probability.")
     cluster_min_blur: float = Field(
-        0.0, ge=0, description="Skip crops whose variance of the Laplacian is below this; 0 = off."
+        10.0, ge=0, description="Skip crops whose variance of the Laplacian (160 px crop) is below this; 0 = off."
     )
 
     # --- workers / API ------------------------------------------------------------------
@@ -118,6 +125,17 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = 20 * 1024 * 1024
     max_images_per_request: int = 32
+    task_visibility_timeout: int = Field(
+        3600, ge=1, description="Seconds before Redis hands an unacknowledged task (its worker died) "
+        "to another worker; must exceed the longest batch."
+    )
+    task_max_retries: int = Field(5, ge=0, description="Retries (with exponential backoff) of a task "
+                                  "whose database or broker was unavailable.")
+    job_batch_size: int = Field(16, ge=1, description="Images per worker task in a bulk enrollment job.")
+    max_archive_bytes: int = Field(
+        512 * 1024 * 1024, description="Uncompressed size limit of an uploaded job archive (zip-bomb guard)."
+    )
+    api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `identity serve`.")
 
     @classmethod
     def settings_customise_sources(

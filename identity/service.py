@@ -33,6 +33,29 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class PersonHit:
+    person_id: int
+    external_id: str
+    display_name: str | None
+    similarity: float
+    faces: int  # this person's faces among the top-k at or above the threshold
+
+
+@dataclass(frozen=True)
+class FaceSearch:
+    """One query face and who it is: `matches` best first, empty when unknown."""
+
+    face: Face | None
+    matches: tuple[PersonHit, ...]
+    nearest_similarity: float | None
+    threshold: float
+
+    @property
+    def known(self) -> bool:
+        return bool(self.matches)
+
+
+@dataclass(frozen=True)
 class Verification:
     model: str
     similarity: float  # cosine similarity of the two embeddings
@@ -41,9 +64,9 @@ class Verification:
     level: str
     same: bool
     face_a: Face
-    face_b: Face
+    face_b: Face | None  # None when B is an enrolled person
     faces_in_a: int
-    faces_in_b: int
+    faces_in_b: int  # faces in photo B, or the person's enrolled faces
 
 
 class Service:
@@ -61,6 +84,42 @@ class Service:
         if "pipeline" in self.__dict__:
             return self.pipeline.detector
         return Detector(self.settings, resolve_device(self.settings.device))
+
+    @cached_property
+    def store(self):
+        from identity.store import Store
+
+        return Store(self.settings)
+
+    @cached_property
+    def model_info(self):
+        from identity.store.types import ModelInfo
+
+        spec = registry.get_model(self.settings.model)
+        return ModelInfo(spec.name, spec.version, spec.dim)
+
+    @cached_property
+    def index(self):
+        """The FAISS mirror of this model's faces: snapshot loaded, change-log tail replayed,
+        then followed in the background so new faces become searchable within a second."""
+        from identity.index import IndexMirror
+
+        mirror = IndexMirror(self.store, self.settings, self.model_info)
+        mirror.start()
+        return mirror
+
+    def close(self) -> None:
+        """Stop the index follower (writing a snapshot if it changed) and the pool."""
+        if "index" in self.__dict__:
+            self.index.stop(snapshot=True)
+        if "store" in self.__dict__:
+            self.store.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def thresholds(self) -> dict[str, float]:
         spec = registry.get_model(self.settings.model)
@@ -139,3 +198,93 @@ class Service:
             faces_in_b=count_b,
         )
 
+
+    def verify_person(
+        self, ref: ImageRef | str | Path, person: int | str, *, level: str | None = None
+    ) -> Verification:
+        """The photo's (largest) face against an enrolled person: the best similarity over
+        that person's enrolled faces decides."""
+        level = level or self.settings.threshold_level
+        threshold = self.thresholds()[level]
+        face, count = self.one_face(ref)
+        target = self.store.get_person(person)
+        hits = self.search_embeddings(face.embedding[None, :], k=1, level=level, persons=[target.id])[0]
+        similarity = max((h.similarity for h in hits.matches), default=hits.nearest_similarity or -1.0)
+        return Verification(
+            model=self.model_info.name, similarity=similarity,
+            distance=float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity))), threshold=threshold,
+            level=level, same=similarity >= threshold, face_a=face, face_b=None,
+            faces_in_a=count, faces_in_b=target.face_count,
+        )
+
+    # --- enrollment -------------------------------------------------------------------------
+
+    def enroll_batch(self, items: list, *, largest_face: bool = False) -> list:
+        """One batch, one transaction, idempotent: what a worker task runs."""
+        from identity.enroll import enroll_batch
+
+        return enroll_batch(items, pipeline=self.pipeline, store=self.store, largest_face=largest_face)
+
+    def enroll(self, items: Iterable, *, largest_face: bool = False, report: Path | None = None,
+               on_progress=None):
+        """Run an enrollment job: in this process, or on the Celery workers when a broker
+        is configured. Returns an `EnrollSummary`; skipped files are listed in `report`."""
+        from identity import enroll
+
+        if self.settings.broker_url:
+            from workers.dispatch import dispatch_batch
+
+            def process(batch):
+                return dispatch_batch(self.settings, batch, largest_face=largest_face)
+        else:
+            def process(batch):
+                return self.enroll_batch(batch, largest_face=largest_face)
+
+        return enroll.run(items, process=process, batch_size=self.settings.batch_size,
+                          report=report, on_progress=on_progress)
+
+    # --- search ---------------------------------------------------------------------------------
+
+    def search_embeddings(
+        self, vectors: np.ndarray, *, k: int | None = None, level: str | None = None,
+        persons: Iterable[int | str] | None = None,
+    ) -> list[FaceSearch]:
+        """Many query vectors, one index call; results aggregated per person."""
+        from identity.index import search_any
+
+        level = level or self.settings.threshold_level
+        threshold = self.thresholds()[level]
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.model_info.dim)
+        person_ids = None if persons is None else [self.store.get_person(p).id for p in persons]
+        results, _ = search_any(self.index, self.store, self.model_info, vectors,
+                                k or self.settings.search_k, threshold, persons=person_ids)
+        ids = {m.person_id for r in results for m in r.matches if m.person_id is not None}
+        people = self.store.persons_by_ids(sorted(ids))
+        return [
+            FaceSearch(
+                face=None,
+                matches=tuple(
+                    PersonHit(m.person_id, people[m.person_id].external_id,
+                              people[m.person_id].display_name, m.similarity, m.faces)
+                    for m in r.matches if m.person_id in people
+                ),
+                nearest_similarity=r.nearest.similarity if r.nearest else None,
+                threshold=threshold,
+            )
+            for r in results
+        ]
+
+    def search_image(
+        self, ref: ImageRef | str | Path, *, k: int | None = None, level: str | None = None,
+        persons: Iterable[int | str] | None = None,
+    ) -> list[FaceSearch]:
+        """Every face in the photo, each with the enrolled persons it matches."""
+        result = self.pipeline.embed_image(ref)
+        if result.error is not None:
+            raise result.error
+        if not result.faces:
+            return []
+        vectors = np.stack([f.embedding for f in result.faces])
+        found = self.search_embeddings(vectors, k=k, level=level, persons=persons)
+        return [FaceSearch(face, hit.matches, hit.nearest_similarity, hit.threshold)
+                for face, hit in zip(result.faces, found)]

@@ -45,3 +45,46 @@ def pipeline(model_settings):
     from identity.faces.pipeline import FacePipeline
 
     return FacePipeline(model_settings)
+
+
+# --- store: one real PostgreSQL + pgvector (pgserver) per test session ----------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's PostgreSQL, started through the product's embedded-server code,
+    with a template database migrated by yoyo. Deleted at the end of the session."""
+    from identity.store.testing import PgTestServer, server_directory
+
+    with server_directory() as directory:
+        server = PgTestServer.start(directory)
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def store_settings(pg_server, tmp_path) -> Settings:
+    """Settings naming a fresh, migrated, empty database of its own (tests are isolated).
+    A subprocess (e.g. `identity enroll` killed mid-run) reaches the same database with
+    the environment from `store_env`."""
+    url = pg_server.new_database()
+    yield Settings(database_url=url, data_dir=tmp_path / "data")
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def store_env(store_settings) -> dict[str, str]:
+    """os.environ plus IDENTITY_DATABASE_URL / IDENTITY_DATA_DIR of `store_settings`."""
+    env = dict(os.environ)
+    env["IDENTITY_DATABASE_URL"] = str(store_settings.database_url)
+    env["IDENTITY_DATA_DIR"] = str(store_settings.data_dir)
+    return env
+
+
+@pytest.fixture
+def store(store_settings):
+    """An open `identity.store.Store` on the test's own database."""
+    from identity.store import Store
+
+    with Store(store_settings) as opened:
+        yield opened

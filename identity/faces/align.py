@@ -24,15 +24,16 @@ from identity.faces.types import DetectedFace
 
 Method = Literal["crop", "similarity"]
 
-# Mean (x, y) of the five MTCNN landmarks in 160×160 margin-32 crops of lfw-dev faces,
-# scaled to a unit square: left eye, right eye, nose, left and right mouth corners.
+# Mean (x, y) of the five MTCNN landmarks in 160×160 margin-32 crops of 800 lfw-dev faces
+# (benchmarks/derive_template.py), made mirror-symmetric, in a unit square: left eye,
+# right eye, nose, left and right mouth corners.
 TEMPLATE_UNIT = np.array(
     [
-        [0.3419, 0.4051],
-        [0.6532, 0.4030],
-        [0.4991, 0.5781],
-        [0.3681, 0.7342],
-        [0.6311, 0.7327],
+        [0.3214, 0.4085],
+        [0.6786, 0.4085],
+        [0.5000, 0.5666],
+        [0.3411, 0.7027],
+        [0.6589, 0.7027],
     ],
     dtype=np.float64,
 )

@@ -1,0 +1,242 @@
+"""Clustering benchmark (issue 7).
+
+    python -m benchmarks.bench_cluster embed      # lfw-dev → benchmarks/out/lfw_dev_embeddings.npz (once)
+    python -m benchmarks.bench_cluster quality    # every algorithm on all of lfw-dev, unlabelled
+    python -m benchmarks.bench_cluster scale      # time + peak memory on 1e5 and 1e6 synthetic faces
+
+Evaluation rule for lfw-dev: every detected face takes part in the clustering, but only
+one face per photo has a known identity, its subject: LFW photos are centred on it, and
+we pick it as facenet's align_dataset_mtcnn does (largest box, penalised by its offset
+from the centre); the others are bystanders whose names nobody knows. The metrics are
+computed over the subjects only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LFW_DIR = ROOT.parent / "shared" / "data" / "lfw-dev"
+OUT = ROOT / "benchmarks" / "out"
+EMBEDDINGS = OUT / "lfw_dev_embeddings.npz"
+
+
+# --- embed ----------------------------------------------------------------------------------
+
+
+def embed(args: argparse.Namespace) -> None:
+    if EMBEDDINGS.exists() and not args.force:
+        print(f"{EMBEDDINGS} exists; reusing it (--force to recompute)")
+        return
+    from identity.config import Settings
+    from identity.faces.pipeline import FacePipeline
+
+    settings = Settings(models_dir=ROOT.parent / "shared" / "models", cache_dir=OUT / "weights-cache", device="cpu")
+    pipeline = FacePipeline(settings)
+    paths = sorted(str(p) for p in LFW_DIR.glob("*/*.jpg"))
+    rows: dict[str, list] = {k: [] for k in ("embeddings", "paths", "labels", "boxes", "probs", "image_index")}
+    start = time.perf_counter()
+    for i, result in enumerate(pipeline.process(paths, select="all")):
+        for face in result.faces:
+            rows["embeddings"].append(face.embedding)
+            rows["paths"].append(result.source)
+            rows["labels"].append(Path(result.source).parent.name)
+            rows["boxes"].append(face.box)
+            rows["probs"].append(face.probability)
+            rows["image_index"].append(i)
+        if i % 200 == 0:
+            print(f"{i}/{len(paths)} images, {time.perf_counter() - start:.0f} s", flush=True)
+    tmp = EMBEDDINGS.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        embeddings=np.array(rows["embeddings"], np.float32),
+        paths=np.array(rows["paths"]),
+        labels=np.array(rows["labels"]),
+        boxes=np.array(rows["boxes"], np.float32),
+        probs=np.array(rows["probs"], np.float32),
+        image_index=np.array(rows["image_index"], np.int64),
+        model=np.array(pipeline.model_name),
+        model_version=np.array(pipeline.model_version),
+    )
+    os.replace(tmp, EMBEDDINGS)
+    print(f"{len(rows['paths'])} faces in {len(paths)} images, {time.perf_counter() - start:.0f} s → {EMBEDDINGS}")
+
+
+# --- quality on lfw-dev -----------------------------------------------------------------------
+
+
+def primary_faces(faces, image_size: float = 250.0) -> np.ndarray:
+    """Row of each photo's subject (see module docstring); LFW photos are 250×250."""
+    from identity.cluster.metrics import subject_faces
+
+    sizes = np.full((len(faces.sources), 2), image_size)
+    return subject_faces(faces.boxes, faces.image_index, sizes)
+
+
+GRID: dict[str, list[dict]] = {
+    "components": [{"threshold": t} for t in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)],
+    "chinese_whispers": [{"threshold": t} for t in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)],
+    "dbscan": [{"threshold": t, "min_samples": m} for t in (0.4, 0.45, 0.5, 0.55, 0.6) for m in (2, 3)],
+    "hdbscan": [
+        {"threshold": t, "min_cluster_size": c, "min_samples": m}
+        for t in (0.3, 0.45) for c in (2, 3) for m in (1, 2, 3)
+    ],
+}
+
+
+def quality(args: argparse.Namespace) -> None:
+    from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering, knn_graph
+    from identity.config import Settings
+
+    faces, labels = FaceSet.from_npz(EMBEDDINGS)
+    primary = primary_faces(faces)
+    defaults = ClusterParams.from_settings(Settings())
+    print(f"{len(faces)} faces in {len(faces.sources)} images with a face; "
+          f"{len(np.unique(labels[primary]))} people; evaluated on the {len(primary)} central faces")
+    print(f"defaults: algorithm={defaults.algorithm} threshold={defaults.threshold} k={defaults.k} quality={defaults.quality}")
+    from identity.cluster.quality import quality_reasons
+
+    kept = quality_reasons(faces, defaults.quality) == ""
+    graph = knn_graph(faces.subset(kept).embeddings, defaults.k)
+    rows = []
+    for algorithm, grid in GRID.items():
+        for overrides in grid:
+            params = ClusterParams.from_settings(Settings(), algorithm=algorithm, **overrides)
+            result = cluster_faces(faces, params, graph=graph)
+            m = evaluate_clustering(labels[primary], result.labels[primary])
+            rows.append({"algorithm": algorithm, **overrides, "seconds": round(result.seconds, 3), **m.to_dict()})
+            print(f"{algorithm:17s} {json.dumps(overrides):52s} BCubed P {m.bcubed_precision:.4f} "
+                  f"R {m.bcubed_recall:.4f} F1 {m.bcubed_f1:.4f} | pairwise P {m.pairwise_precision:.4f} "
+                  f"R {m.pairwise_recall:.4f} F1 {m.pairwise_f1:.4f} | clusters {m.n_clusters} "
+                  f"unclustered {m.fraction_unclustered:.3f} | {result.seconds:.2f} s", flush=True)
+    (OUT / "cluster_quality.json").write_text(json.dumps(rows, indent=1))
+
+
+# --- scale on synthetic embeddings ----------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Face-like embeddings (benchmarks/synthetic.py, calibrated to LFW statistics) with
+    1 to 9 faces per identity (mean 5), the first n faces."""
+    from benchmarks.synthetic import FaceLikeGenerator, load_target
+
+    gen = FaceLikeGenerator.calibrated(dim=128, target=load_target(), seed=seed)
+    x, labels = gen.faces(n_identities=n // 5 + 1000, faces_per_identity=(1, 9))
+    return x[:n], labels[:n]
+
+
+def graph_step(args: argparse.Namespace) -> None:
+    """One process: generate n faces, build the kNN graph, save it for the algorithm steps."""
+    from identity.cluster import knn_graph
+
+    x, labels = synthetic(args.n)
+    base = peak_rss_mib()
+    start = time.perf_counter()
+    graph = knn_graph(x, args.k, exact_max=args.exact_max)
+    seconds = time.perf_counter() - start
+    np.savez(OUT / f"graph_{args.n}_{args.tag}.npz", indices=graph.indices, similarities=graph.similarities, labels=labels)
+    print(json.dumps({"step": f"knn_{args.tag}", "n": args.n, "seconds": round(seconds, 2),
+                      "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(base)}))
+
+
+def algorithm_step(args: argparse.Namespace) -> None:
+    """One process: load a saved graph, run one algorithm (+ constraints, numbering)."""
+    from identity.cluster import ClusterParams, FaceSet, KnnGraph, cluster_faces, evaluate_clustering
+
+    with np.load(OUT / f"graph_{args.n}_{args.tag}.npz") as data:
+        graph = KnnGraph(data["indices"], data["similarities"])
+        labels = data["labels"]
+    x, _ = synthetic(args.n)  # the same faces the graph was built from (seeded)
+    faces = FaceSet.from_embeddings(x)
+    base = peak_rss_mib()
+    params = ClusterParams(algorithm=args.algorithm, threshold=args.threshold, k=graph.k)
+    result = cluster_faces(faces, params, graph=graph)
+    m = evaluate_clustering(labels, result.labels)
+    print(json.dumps({"step": args.algorithm, "n": args.n, "seconds": round(result.seconds, 2),
+                      "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(base),
+                      "bcubed_f1": round(m.bcubed_f1, 4), "clusters": m.n_clusters}))
+
+
+def scale(args: argparse.Namespace) -> None:
+    """Each step in its own process so each peak-memory figure is that step's own."""
+    import subprocess
+
+    from identity.cluster import ALGORITHMS
+
+    results = []
+    for n in args.sizes:
+        steps = [["graph", "--n", str(n), "--tag", "auto"]]
+        if n <= 100_000:  # exact vs IVF on the same data, to show what IVF costs in recall
+            steps.append(["graph", "--n", str(n), "--tag", "ivf", "--exact-max", "0"])
+        steps += [["algorithm", "--n", str(n), "--tag", "auto", "--algorithm", a, "--threshold", str(args.threshold)]
+                  for a in ALGORITHMS]
+        for step in steps:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.bench_cluster", *step],
+                                 cwd=ROOT, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                continue
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        if n <= 100_000:
+            results.append({"step": "ivf_edge_recall", "n": n, "value": _edge_recall(n, args.threshold)})
+            print(json.dumps(results[-1]), flush=True)
+    (OUT / "cluster_scale.json").write_text(json.dumps(results, indent=1))
+
+
+def _edge_recall(n: int, threshold: float) -> float:
+    """Share of the exact graph's edges above threshold that the IVF graph also has."""
+    def edges(tag: str) -> np.ndarray:
+        from identity.cluster import KnnGraph
+
+        with np.load(OUT / f"graph_{n}_{tag}.npz") as data:
+            lo, hi, _ = KnnGraph(data["indices"], data["similarities"]).edges(threshold)
+        return lo * n + hi
+
+    exact, ivf = edges("auto"), edges("ivf")
+    return round(float(np.isin(exact, ivf).mean()), 4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("embed")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=embed)
+    p = sub.add_parser("quality")
+    p.set_defaults(func=quality)
+    p = sub.add_parser("scale")
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=scale)
+    p = sub.add_parser("graph")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--tag", default="auto")
+    p.add_argument("--exact-max", type=int, default=200_000)
+    p.set_defaults(func=graph_step)
+    p = sub.add_parser("algorithm")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--tag", default="auto")
+    p.add_argument("--algorithm", required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=algorithm_step)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""End-to-end pipeline throughput against a naive per-image loop, in one run.
+
+    python benchmarks/bench_pipeline.py [--limit N] [--naive-limit 400]
+
+Both sides do the same work: decode, MTCNN detection, a margin-32 160-px crop of one face,
+and the same Inception-ResNet-v1 weights (facenet-keras-128), without flip augmentation.
+The naive loop is what a facenet-pytorch tutorial does: `MTCNN(...)(image)` then
+`resnet(crop.unsqueeze(0))`, one image at a time. The pipeline is `FacePipeline.process`
+(threaded decode, size-bucketed MTCNN batches, batched embedding). The naive loop is timed
+on the first `--naive-limit` images, and so is the pipeline on the very same images, for
+the ratio; the pipeline then also runs over all images (and with flip, the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from identity.config import Settings
+from identity.faces.pipeline import FacePipeline
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]:
+    from facenet_pytorch import MTCNN
+    from facenet_pytorch.models.mtcnn import prewhiten
+
+    mtcnn = MTCNN(image_size=160, margin=32, post_process=False, device="cpu")
+    faces = 0
+    start = time.perf_counter()
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        crop = mtcnn(image)
+        if crop is None:
+            continue
+        with torch.inference_mode():
+            network(prewhiten(crop.float()).unsqueeze(0))
+        faces += 1
+    return time.perf_counter() - start, faces
+
+
+def pipeline_run(pipeline: FacePipeline, paths: list[Path], select: str) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    faces = images = 0
+    for result in pipeline.process(paths, select=select):
+        images += result.ok
+        faces += len(result.faces)
+    return time.perf_counter() - start, images, faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "lfw-dev")
+    parser.add_argument("--models-dir", type=Path, default=SHARED / "models")
+    parser.add_argument("--limit", type=int, default=None, help="images for the full pipeline run")
+    parser.add_argument("--naive-limit", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+
+    paths = sorted(args.data.glob("*/*.jpg"))[: args.limit]
+    subset = paths[: args.naive_limit]
+    base = dict(models_dir=args.models_dir, device="auto")
+    plain = FacePipeline(Settings(**base, flip=False))
+    list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
+
+    naive_s, naive_faces = naive_loop(subset, plain.embedder.network)
+    # The same images, the same work (one face per image, no flip), in the same run.
+    same_s, _, same_faces = pipeline_run(plain, subset, select="central")
+    full_s, full_images, full_faces = pipeline_run(plain, paths, select="all")
+    flipped = FacePipeline(Settings(**base, flip=True))
+    flip_s, flip_images, flip_faces = pipeline_run(flipped, paths, select="all")
+
+    figures = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"device {plain.device}",
+        "subset_images": len(subset),
+        "naive_images_per_s": len(subset) / naive_s,
+        "pipeline_same_subset_images_per_s": len(subset) / same_s,
+        "ratio_pipeline_over_naive": naive_s / same_s,
+        "naive_faces": naive_faces,
+        "pipeline_subset_faces": same_faces,
+        "all_images": len(paths),
+        "pipeline_all_faces_images_per_s": full_images / full_s,
+        "pipeline_all_faces_faces_per_s": full_faces / full_s,
+        "pipeline_flip_images_per_s": flip_images / flip_s,
+        "pipeline_flip_faces_per_s": flip_faces / flip_s,
+        "seconds": {"naive": naive_s, "pipeline_subset": same_s, "pipeline_all": full_s,
+                    "pipeline_all_flip": flip_s},
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""1:N search benchmark: every index type on the same face-like synthetic data.
+
+    nice python -m benchmarks.bench_search --out benchmarks/out/search.json
+    nice python -m benchmarks.bench_search --sizes 20000 --dims 128 --queries 50   # smoke run
+
+For each (N, dim): identities with 2..8 faces each (mean 5) from `benchmarks.synthetic`
+(calibrated to the model's LFW similarity statistics), and probe faces that are *new*
+faces of enrolled identities. Per method: build time, resident-memory growth, single-query
+p50/p99 latency and batched queries/s — all through `FaceIndex.search` (FAISS call +
+per-person aggregation), except the two references: a bare `IndexFlatIP.search` and
+numpy brute force — recall@10 of face ids against exact search, and the rate at which
+the probe's identity is the first person returned. Results are appended to a JSON file
+per configuration, so a partial run still reports what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import psutil
+
+from benchmarks.synthetic import FaceLikeGenerator, load_target
+from identity.config import Settings
+from identity.index.face_index import FaceIndex
+from identity.index.spec import choose_spec, sample_rows, training_sample_size
+
+K = 10
+THRESHOLD = 0.4  # well under same-identity similarity, above different-identity (synthetic)
+
+
+@dataclass
+class Row:
+    n: int
+    dim: int
+    method: str
+    params: str
+    build_s: float
+    rss_mb: float
+    p50_ms: float
+    p99_ms: float
+    batch_qps: float
+    recall10: float
+    identity_first: float
+    vs_bare: float | None = None  # p50 ratio to a bare IndexFlatIP.search, interleaved query by query
+
+
+def rss_mb() -> float:
+    gc.collect()
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def single_latencies(search, queries: np.ndarray) -> np.ndarray:
+    search(queries[:5])  # warm-up
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        search(q[None])
+        times.append(time.perf_counter() - t)
+    return np.array(times) * 1000
+
+
+def measure(n, dim, method, params, build_s, rss, search_ids, search_persons, queries, batch, truth, labels) -> Row:
+    """search_ids(q) -> (nq×K face ids); search_persons(q) -> best person per query (or -1)."""
+    lat = single_latencies(search_persons, queries)
+    t = time.perf_counter()
+    search_persons(batch)
+    qps = len(batch) / (time.perf_counter() - t)
+    got = search_ids(queries)
+    recall = np.mean([len(set(g.tolist()) & set(w.tolist())) / K for g, w in zip(got, truth)])
+    first = np.mean(search_persons(queries) == labels)
+    return Row(n, dim, method, params, build_s, rss, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+               qps, float(recall), float(first))
+
+
+SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 64, 128)}
+
+
+def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth, labels, *, override=None) -> list[Row]:
+    spec = choose_spec(settings, n, dim, kind=kind)
+    if override:
+        spec = replace(spec, **override)
+    before = rss_mb()
+    t = time.perf_counter()
+    index = FaceIndex(spec)
+    if spec.trained:
+        rows = sample_rows(np.random.default_rng(0), n, training_sample_size(spec, n))
+        index.train(vectors[rows])
+    ids = np.arange(n, dtype=np.int64)
+    for start in range(0, n, 262_144):
+        index.add(ids[start : start + 262_144], persons[start : start + 262_144], vectors[start : start + 262_144])
+    build = time.perf_counter() - t
+    rss = rss_mb() - before
+
+    def ids_of(q):
+        return [r[1] for r in index.search_faces(q, K)]
+
+    def persons_of(q):
+        return np.array([r.best.person_id if r.known else -1 for r in index.search(q, K, THRESHOLD)])
+
+    rows = []
+    sweep = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef_search"}.get(spec.kind)
+    values = [None] if sweep is None else sorted({getattr(spec, sweep), *SWEEP[sweep]})
+    for value in values:
+        if sweep is not None:
+            if sweep == "nprobe" and value > spec.nlist:
+                continue
+            index.spec = replace(spec, **{sweep: value})
+        rows.append(measure(n, dim, f"faiss {kind}", index.spec.describe(), build, rss, ids_of, persons_of,
+                            queries, batch, truth, labels))
+    if spec.kind == "flat":
+        rows[0].vs_bare = ratio_to_bare(index, vectors, queries)
+    del index
+    return rows
+
+
+def ratio_to_bare(index: FaceIndex, vectors: np.ndarray, queries: np.ndarray) -> float:
+    """p50(our search) / p50(bare IndexFlatIP.search), alternating query by query so both
+    see the same machine load (the shared 2-core machine is noisy)."""
+    bare = faiss.IndexFlatIP(vectors.shape[1])
+    bare.add(vectors)
+    ours, theirs = [], []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], K, THRESHOLD)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bare.search(q[None], K)
+        theirs.append(time.perf_counter() - t)
+    return float(np.median(ours) / np.median(theirs))
+
+
+def bench_bare_flat(n, dim, vectors, persons, queries, batch, truth, labels) -> Row:
+    before = rss_mb()
+    t = time.perf_counter()
+    index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    build = time.perf_counter() - t
+    rss = rss_mb() - before
+
+    def ids_of(q):
+        return index.search(q, K)[1]
+
+    def persons_of(q):  # no aggregation: the top face's person
+        return persons[index.search(q, K)[1][:, 0]]
+
+    row = measure(n, dim, "bare IndexFlatIP.search", "no ids, no aggregation", build, rss, ids_of, persons_of,
+                  queries, batch, truth, labels)
+    del index
+    return row
+
+
+def bench_numpy(n, dim, vectors, persons, queries, batch, truth, labels) -> Row:
+    def ids_of(q):
+        sims = q @ vectors.T
+        top = np.argpartition(-sims, K, axis=1)[:, :K]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1)
+        return np.take_along_axis(top, order, 1)
+
+    def persons_of(q):
+        return persons[ids_of(q)[:, 0]]
+
+    return measure(n, dim, "numpy brute force", "matmul + argpartition", 0.0, 0.0, ids_of, persons_of,
+                   queries, batch[:200], truth, labels)
+
+
+def bench_pgvector(n, dim, vectors, persons, queries, batch, truth, labels, ef_search: int) -> Row:
+    """pgvector HNSW (m=16, ef_construction=64) through identity.store.vector_search."""
+    import psycopg
+
+    from identity.store import Store
+    from identity.store.testing import PgTestServer, server_directory
+    from identity.store.vector_search import ensure_hnsw_index, hnsw_index_name, search_faces_sql
+
+    model = "bench-model"
+    with server_directory() as directory:
+        server = PgTestServer.start(directory)
+        try:
+            url = server.new_database("bench")
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("INSERT INTO models (name, dim) VALUES (%s, %s)", (model, dim))
+                n_images = (n + 29_999) // 30_000
+                for i in range(n_images):
+                    conn.execute("INSERT INTO images (sha256, width, height) VALUES (%s, 1, 1)",
+                                 (i.to_bytes(32, "big"),))
+                image_ids = [r[0] for r in conn.execute("SELECT id FROM images ORDER BY id")]
+                persons_exist = np.unique(persons)
+                with conn.cursor().copy("COPY persons (external_id) FROM STDIN") as copy:
+                    for p in persons_exist.tolist():
+                        copy.write_row((f"p{p}",))
+                pid = dict(conn.execute("SELECT external_id, id FROM persons").fetchall())
+                with conn.cursor().copy(
+                    "COPY faces (image_id, person_id, face_index, box, landmarks, det_prob, quality, model, "
+                    "model_version, embedding) FROM STDIN"
+                ) as copy:
+                    for i in range(n):
+                        copy.write_row((image_ids[i // 30_000], pid[f"p{persons[i]}"], i % 30_000, [0, 0, 1, 1],
+                                        [0] * 10, 1.0, 1.0, model, "1", str(vectors[i].tolist())))
+                face_ids = np.array([r[0] for r in conn.execute("SELECT id FROM faces ORDER BY id")], np.int64)
+                person_by_db = {v: int(k[1:]) for k, v in pid.items()}
+            store = Store(Settings(database_url=url, data_dir=directory / "data"), migrate=False)
+            try:
+                t = time.perf_counter()
+                ensure_hnsw_index(store, model, dim)
+                build = time.perf_counter() - t
+                with store.connection() as conn:
+                    conn.execute("VACUUM ANALYZE faces")
+                    idx_mb = conn.execute("SELECT pg_relation_size(%s::regclass)", (hnsw_index_name(model),)).fetchone()[0] / 2**20
+
+                def ids_of(q):
+                    rows = search_faces_sql(store, model, dim, q, K, ef_search=ef_search)
+                    # Face ids follow COPY order: position in face_ids = row in `vectors`.
+                    return [np.searchsorted(face_ids, r[1]) for r in rows]
+
+                def persons_of(q):
+                    rows = search_faces_sql(store, model, dim, q, K, ef_search=ef_search)
+                    return np.array([person_by_db.get(int(r[2][0]), -1) if len(r[2]) else -1 for r in rows])
+
+                row = measure(n, dim, "pgvector hnsw", f"m=16, ef_construction=64, ef_search={ef_search}",
+                              build, idx_mb, ids_of, persons_of, queries, batch[:200], truth, labels)
+                row.params += " (memory = index size on disk)"
+                return row
+            finally:
+                store.close()
+        finally:
+            server.stop()
+
+
+def run_config(n, dim, args, out: Path) -> None:
+    settings = Settings(index_exact_max=0)  # every kind explicitly; defaults derived from N
+    gen = FaceLikeGenerator.calibrated(dim, load_target(), seed=dim)
+    n_ids = max(1, n // 5)
+    t = time.perf_counter()
+    vectors, persons = gen.faces(n_ids, (2, 8))
+    vectors, persons = vectors[:n], persons[:n]
+    n = len(vectors)
+    rng = np.random.default_rng(1)
+    labels = rng.choice(np.unique(persons), args.queries, replace=False)
+    queries = gen.new_faces(labels)
+    batch = gen.new_faces(rng.choice(np.unique(persons), args.batch))
+    truth = faiss.knn(queries, vectors, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    print(f"[{n}x{dim}] data in {time.perf_counter() - t:.1f}s", flush=True)
+
+    def emit(row: Row) -> None:
+        print(json.dumps(asdict(row)), flush=True)
+        with out.open("a") as fh:
+            fh.write(json.dumps(asdict(row)) + "\n")
+
+    common = (n, dim, vectors, persons, queries, batch, truth, labels)
+    methods = args.methods.split(",")
+    big = n * dim * 4 > args.max_flat_gb * 2**30
+    if "bare" in methods and not big:
+        emit(bench_bare_flat(*common))
+    if "numpy" in methods and not big:
+        emit(bench_numpy(*common))
+    for kind in ("flat", "ivf", "ivfpq", "hnsw"):
+        if kind not in methods or (kind == "flat" and big):
+            continue
+        if kind == "hnsw" and n * dim > args.max_hnsw:
+            print(f"[{n}x{dim}] hnsw skipped (build too slow on this machine; --max-hnsw)", flush=True)
+            continue
+        if kind == "ivfpq" and dim > 256 and not big:
+            continue
+        override = {"nlist": min(4096, choose_spec(settings, n, dim, kind="ivf").nlist)} if big else None
+        if override and kind in ("ivf", "ivfpq"):
+            override["nprobe"] = 64
+        for row in bench_faiss(kind, settings, *common, override=override if kind in ("ivf", "ivfpq") else None):
+            emit(row)
+    if "pgvector" in methods and n <= args.pgvector_max:
+        emit(bench_pgvector(*common, ef_search=args.pg_ef_search))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--methods", default="bare,numpy,flat,ivf,ivfpq,hnsw,pgvector")
+    ap.add_argument("--queries", type=int, default=200, help="single queries (latency, recall, identity-first)")
+    ap.add_argument("--batch", type=int, default=2000, help="queries in the batched-throughput call")
+    ap.add_argument("--max-hnsw", type=int, default=1_000_000 * 128, help="largest n*dim for which HNSW is built")
+    ap.add_argument("--max-flat-gb", type=float, default=3.0, help="skip exact baselines above this much float32")
+    ap.add_argument("--pgvector-max", type=int, default=100_000)
+    ap.add_argument("--pg-ef-search", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/search.jsonl"))
+    args = ap.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, faiss {faiss.__version__}, "
+          f"omp threads {faiss.omp_get_max_threads()}, target {load_target()}", flush=True)
+    for dim in args.dims:
+        for n in args.sizes:
+            run_config(n, dim, args, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The FastAPI application factory and `identity serve`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from identity.api import errors
+from identity.api.limits import BodyLimitMiddleware
+from identity.api.metrics import Metrics
+from identity.api.routes import enroll, health, persons, vision
+from identity.api.schemas import ErrorResponse
+from identity.config import Settings, get_settings
+from identity.errors import IdentityError
+from identity.service import Service
+
+log = logging.getLogger("identity.api")
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422, 500, 503)}
+
+
+def _warm(app: FastAPI) -> None:
+    """Load the model, open the store and build the index in the background: /healthz
+    answers at once, /readyz says when the rest is done."""
+    service: Service = app.state.service
+    try:
+        service.store  # noqa: B018
+        service.pipeline  # noqa: B018
+        service.index  # noqa: B018
+        log.info("api: ready (%s)", service.settings.model)
+    except IdentityError as exc:
+        app.state.warm_error = exc.message
+        log.error("api: startup failed: %s", exc)
+    except Exception:
+        app.state.warm_error = "startup failed (see the server log)"
+        log.exception("api: startup failed")
+
+
+def create_app(settings: Settings | None = None, *, service: Service | None = None, warm: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if warm:
+            threading.Thread(target=_warm, args=(app,), name="api-warm", daemon=True).start()
+        yield
+        if service is None:  # ours to close; a Service passed in belongs to the caller
+            app.state.service.close()
+
+    app = FastAPI(
+        title="identity",
+        version="0.1.0",
+        description="Face enrollment, 1:N search, 1:1 verification, detection and clustering.",
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.state.service = service or Service(settings)
+    app.state.warm_error = None
+    app.state.metrics = Metrics(app)
+    errors.install(app)
+    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    for router in (health.router, persons.router, enroll.router, vision.router):
+        app.include_router(router)
+    return app
+
+
+def serve(settings: Settings | None = None) -> None:
+    """`identity serve`: uvicorn on settings.api_host:api_port."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    if settings.api_workers > 1:
+        # Each worker process builds its own app (and index mirror) from the environment.
+        uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api_host,
+                    port=settings.api_port, workers=settings.api_workers, proxy_headers=True)
+    else:
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, proxy_headers=True)
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory identity.api.app:app_from_env` (the docker image's command)."""
+    return create_app(get_settings())

@@ -1,0 +1,106 @@
+"""/v1/search, /v1/verify, /v1/detect: one request, answered in this process."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+
+from identity.api.deps import count_faces, get_service, model_call
+from identity.api.schemas import (
+    DetectImageOut, DetectOut, EmbeddingQuery, EmbeddingSearchOut, ErrorBody, FaceOut,
+    FaceSearchOut, Level, SearchOut, VerifyOut,
+)
+from identity.api.security import require
+from identity.api.uploads import read_uploads
+from identity.errors import InputError
+from identity.faces.types import ImageResult
+from identity.service import Service
+
+router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Depends(require("read"))])
+
+
+@router.post("/search", response_model=SearchOut)
+def search(
+    request: Request,
+    image: UploadFile = File(..., description="A photo; every face in it is searched"),
+    k: int | None = Form(None, ge=1, le=1000),
+    level: Level | None = Form(None),
+    service: Service = Depends(get_service),
+) -> SearchOut:
+    (upload,) = read_uploads([image], 1)
+    with model_call(request):
+        found = service.search_image(upload.ref(), k=k, level=level)
+    count_faces(request, len(found))
+    return SearchOut(source=upload.name, faces=[FaceSearchOut.of(f) for f in found])
+
+
+@router.post("/search/embedding", response_model=EmbeddingSearchOut)
+def search_embedding(body: EmbeddingQuery, service: Service = Depends(get_service)) -> EmbeddingSearchOut:
+    """Search with embeddings computed elsewhere (same model: `dim` must match)."""
+    vectors = np.asarray(body.vectors, dtype=np.float32)
+    dim = service.model_info.dim
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"each vector must have {dim} numbers (model {service.model_info.name})")
+    if not np.isfinite(vectors).all():
+        raise InputError("vectors must be finite numbers")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InputError("a zero vector has no direction to search")
+    found = service.search_embeddings(vectors / norms, k=body.k, level=body.level, persons=body.persons)
+    return EmbeddingSearchOut(results=[FaceSearchOut.of(f) for f in found])
+
+
+@router.post("/verify", response_model=VerifyOut)
+def verify(
+    request: Request,
+    a: UploadFile = File(..., description="First photo (its largest face is compared)"),
+    b: UploadFile | None = File(None, description="Second photo; or give `person` instead"),
+    person: str | None = Form(None, max_length=256, description="Id or external id of an enrolled person"),
+    level: Level | None = Form(None),
+    service: Service = Depends(get_service),
+) -> VerifyOut:
+    if (b is None) == (person is None):
+        raise InputError("give exactly one of `b` (a second photo) or `person`")
+    uploads = read_uploads([a] + ([b] if b is not None else []), 2)
+    with model_call(request):
+        if person is not None:
+            result = service.verify_person(uploads[0].ref(), person, level=level)
+        else:
+            result = service.verify(uploads[0].ref(), uploads[1].ref(), level=level)
+    count_faces(request, len(uploads))
+    return VerifyOut(
+        model=result.model, similarity=result.similarity, distance=result.distance,
+        threshold=result.threshold, level=result.level, same=result.same,
+        face_a=FaceOut.of(result.face_a), face_b=FaceOut.of(result.face_b) if result.face_b else None,
+        faces_in_a=result.faces_in_a, faces_in_b=result.faces_in_b,
+    )
+
+
+@router.post("/detect", response_model=DetectOut)
+def detect(
+    request: Request,
+    images: list[UploadFile] = File(..., description="One or more photos"),
+    service: Service = Depends(get_service),
+) -> DetectOut:
+    """Boxes, landmarks and probabilities; an unreadable image gets an `error`, the others still run."""
+    uploads = read_uploads(images, service.settings.max_images_per_request)
+    out = []
+    with model_call(request):
+        for result in service.detect([u.ref() for u in uploads]):
+            if isinstance(result, ImageResult):
+                error = result.error
+                body = error.to_dict() if hasattr(error, "to_dict") else {"code": "unreadable_image", "message": str(error)}
+                out.append(DetectImageOut(source=result.source, error=ErrorBody(**body)))
+            else:
+                out.append(DetectImageOut(source=result.source, width=result.width, height=result.height,
+                                          faces=[FaceOut.of(f) for f in result.faces]))
+    if len(uploads) == 1 and out[0].error is not None:
+        raise _single_error(out[0])
+    return DetectOut(images=out)
+
+
+def _single_error(item: DetectImageOut) -> InputError:
+    from identity.errors import ImageDecodeError, ImageTooLargeError
+
+    cls = ImageTooLargeError if item.error.code == "image_too_large" else ImageDecodeError
+    return cls(item.error.message, path=item.error.path or item.source)

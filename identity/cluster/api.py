@@ -1,0 +1,287 @@
+"""Clustering a set of faces into people: quality filter → kNN graph → algorithm →
+same-photo constraint → minimum size → clusters numbered by size. Also incremental
+clustering, where new faces join an existing clustering."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from identity.cluster import algorithms
+from identity.cluster.knn import DEFAULT_EXACT_MAX, KnnGraph, knn_graph
+from identity.cluster.quality import QualityThresholds, quality_reasons
+from identity.cluster.types import UNCLUSTERED, ClusterResult, FaceSet
+from identity.config import Settings
+from identity.errors import InputError, ModelMismatchError
+
+Algorithm = Literal["components", "chinese_whispers", "dbscan", "hdbscan"]
+ALGORITHMS: tuple[str, ...] = ("components", "chinese_whispers", "dbscan", "hdbscan")
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """`threshold` is a cosine similarity: the graph methods keep edges at or above it,
+    DBSCAN uses eps = sqrt(2 − 2·threshold) on euclidean distance (the same cut), and
+    incremental assignment requires it. HDBSCAN finds its own (relative) density cut and
+    uses the threshold only as an outlier floor (`detach_outliers`)."""
+
+    algorithm: Algorithm = "components"
+    threshold: float = 0.5
+    k: int = 20
+    min_cluster_size: int = 2
+    min_samples: int = 2  # DBSCAN / HDBSCAN density parameter (counts the face itself)
+    quality: QualityThresholds = QualityThresholds()
+    same_photo_constraint: bool = True
+    exact_max: int = DEFAULT_EXACT_MAX
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> ClusterParams:
+        params = cls(
+            algorithm=settings.cluster_algorithm,
+            threshold=settings.cluster_threshold,
+            k=settings.cluster_k,
+            min_cluster_size=settings.cluster_min_size,
+            quality=QualityThresholds(
+                min_face_size=settings.cluster_min_face_size,
+                min_probability=settings.cluster_min_probability,
+                min_blur=settings.cluster_min_blur,
+            ),
+            exact_max=settings.index_exact_max if settings.index_type == "auto" else DEFAULT_EXACT_MAX,
+        )
+        return replace(params, **overrides)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cluster_faces(
+    faces: FaceSet,
+    params: ClusterParams = ClusterParams(),
+    *,
+    graph: KnnGraph | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClusterResult:
+    """Cluster every face of `faces`. Faces failing the quality filter are unclustered with
+    a reason. Pass `graph` (built over exactly the faces that pass the filter) to reuse
+    one kNN graph across several algorithms."""
+    if params.algorithm not in ALGORITHMS:
+        raise InputError(f"unknown clustering algorithm {params.algorithm!r}; choose one of {ALGORITHMS}")
+    start = time.perf_counter()
+    reasons = quality_reasons(faces, params.quality)
+    kept = np.flatnonzero(reasons == "")
+    sub = faces.subset(kept)
+    if graph is None:
+        graph = knn_graph(sub.embeddings, params.k, exact_max=params.exact_max, progress=progress)
+    elif graph.n != len(sub):
+        raise InputError(f"the kNN graph has {graph.n} faces but {len(sub)} passed the filter")
+    raw = _run(params, graph, sub)
+    labels = np.full(len(faces), UNCLUSTERED, np.int64)
+    labels[kept] = finalise(raw, sub, params)
+    return ClusterResult(
+        labels=labels,
+        algorithm=params.algorithm,
+        params=params.to_dict(),
+        reasons=reasons,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _run(params: ClusterParams, graph: KnnGraph, faces: FaceSet) -> np.ndarray:
+    if graph.n == 0:
+        return np.zeros(0, np.int64)
+    if params.algorithm == "components":
+        image_index = faces.image_index if params.same_photo_constraint else None
+        return algorithms.connected_components(graph, params.threshold, image_index)
+    if params.algorithm == "chinese_whispers":
+        return algorithms.chinese_whispers(graph, params.threshold, seed=params.seed)
+    if params.algorithm == "dbscan":
+        eps = float(algorithms.cosine_to_euclidean(params.threshold))
+        return algorithms.dbscan(graph, eps, params.min_samples)
+    labels = algorithms.hdbscan(graph, max(params.min_cluster_size, 2), params.min_samples)
+    return detach_outliers(labels, graph, params.threshold)
+
+
+def detach_outliers(labels: np.ndarray, graph: KnnGraph, threshold: float) -> np.ndarray:
+    """Unclustered: faces with no cluster-mate among their k neighbours at similarity ≥
+    threshold. HDBSCAN's density cut is relative, so it will attach a lone face to the
+    nearest dense group however far it is; this restores the absolute floor."""
+    labels = labels.copy()
+    mate = (labels[np.maximum(graph.indices, 0)] == labels[:, None]) & (graph.indices >= 0)
+    close = mate & (graph.similarities >= threshold)
+    labels[(labels >= 0) & ~close.any(axis=1)] = UNCLUSTERED
+    return labels
+
+
+def finalise(raw: np.ndarray, faces: FaceSet, params: ClusterParams) -> np.ndarray:
+    """Constraints every algorithm's output must meet, then labels 0.. by decreasing size."""
+    labels = np.asarray(raw, np.int64).copy()
+    if params.same_photo_constraint:
+        labels = split_same_photo(labels, faces.embeddings, faces.image_index)
+    return relabel_by_size(labels, params.min_cluster_size)
+
+
+def relabel_by_size(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Clusters smaller than min_size become unclustered; the rest are numbered 0.. from
+    the largest (ties: by smallest member row, so numbering is reproducible)."""
+    out = np.full(len(labels), UNCLUSTERED, np.int64)
+    clustered = np.flatnonzero(labels >= 0)
+    if clustered.size == 0:
+        return out
+    ids, first, inverse, sizes = np.unique(
+        labels[clustered], return_index=True, return_inverse=True, return_counts=True
+    )
+    big = sizes >= max(min_size, 1)
+    order = np.lexsort((clustered[first], -sizes))
+    order = order[big[order]]
+    new_id = np.full(len(ids), UNCLUSTERED, np.int64)
+    new_id[order] = np.arange(len(order))
+    out[clustered] = new_id[inverse]
+    return out
+
+
+def split_same_photo(labels: np.ndarray, embeddings: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    """Split every cluster that holds two faces of one photo, until none does.
+
+    The faces of the photo with most faces in the cluster seed one part each (they are,
+    by the constraint, different people); every other member joins the part whose
+    centroid it is closest to, refined for a few rounds (k-means with the seeds pinned).
+    Parts still in conflict are split again in the next round; each split makes parts
+    strictly smaller, so this ends.
+    """
+    labels = labels.copy()
+    while True:
+        conflicted = algorithms._conflicted_labels(labels, image_index)
+        if conflicted.size == 0:
+            return labels
+        next_label = labels.max() + 1
+        for c in conflicted:
+            members = np.flatnonzero(labels == c)
+            parts = _split(embeddings[members], image_index[members])
+            for p in range(1, parts.max() + 1):
+                labels[members[parts == p]] = next_label
+                next_label += 1
+
+
+def _split(x: np.ndarray, images: np.ndarray, rounds: int = 5) -> np.ndarray:
+    values, counts = np.unique(images, return_counts=True)
+    seeds = np.flatnonzero(images == values[np.argmax(counts)])
+    centroids = x[seeds]
+    for _ in range(rounds):
+        parts = np.argmax(x @ centroids.T, axis=1)
+        parts[seeds] = np.arange(len(seeds))
+        centroids = _normalised_means(x, parts, len(seeds))
+    return parts
+
+
+def _normalised_means(x: np.ndarray, parts: np.ndarray, m: int) -> np.ndarray:
+    sums = np.zeros((m, x.shape[1]), np.float64)
+    np.add.at(sums, parts, x)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# --- incremental ------------------------------------------------------------------------
+
+
+def cluster_incremental(
+    existing: FaceSet,
+    previous: ClusterResult,
+    new: FaceSet,
+    params: ClusterParams = ClusterParams(),
+) -> ClusterResult:
+    """New faces join an existing clustering without re-clustering it.
+
+    Rows of the result: the existing faces, then the new ones (`new` numbers its own
+    photos from 0 into its own `sources`; they are taken to be photos not seen before).
+    Faces the previous run filtered out keep their reason and stay unclustered. Existing
+    clusters keep their members and numbers. A new face joins the existing cluster with
+    the largest total similarity among its k nearest clustered faces that reach the
+    threshold (the same edge rule the graph method uses), unless a face of its own photo
+    is already there. The new faces left over and the previously unclustered faces are
+    then clustered among themselves into new clusters numbered after the existing ones.
+    Existing clusters are never merged or split here: a full re-run does that.
+    """
+    if existing.dim != new.dim and len(existing) and len(new):
+        raise ModelMismatchError(f"existing faces are {existing.dim}-d but new faces are {new.dim}-d")
+    start = time.perf_counter()
+    old_labels = np.asarray(previous.labels, np.int64)
+    if len(old_labels) != len(existing):
+        raise InputError(f"the previous clustering has {len(old_labels)} faces, the existing set {len(existing)}")
+    old_reasons = previous.reasons if previous.reasons is not None else np.full(len(existing), "")
+    reasons = np.concatenate([old_reasons.astype(str), quality_reasons(new, params.quality)]).astype(object)
+    reasons = reasons.astype(str)
+    n_old = len(existing)
+    labels = np.concatenate([old_labels, np.full(len(new), UNCLUSTERED, np.int64)])
+    candidates = n_old + np.flatnonzero(reasons[n_old:] == "")
+    joined = _join_existing(existing, old_labels, new, candidates - n_old, params)
+    labels[candidates] = joined
+    # Everyone still unclustered and not filtered out is clustered afresh, among themselves.
+    rest = np.flatnonzero((labels == UNCLUSTERED) & (reasons == ""))
+    if rest.size:
+        combined = _concat(existing, new)
+        sub = combined.subset(rest)
+        graph = knn_graph(sub.embeddings, params.k, exact_max=params.exact_max)
+        fresh = finalise(_run(params, graph, sub), sub, params)
+        offset = old_labels.max(initial=-1) + 1
+        labels[rest] = np.where(fresh >= 0, fresh + offset, UNCLUSTERED)
+    return ClusterResult(
+        labels=labels,
+        algorithm=f"incremental+{params.algorithm}",
+        params=params.to_dict(),
+        reasons=reasons,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _join_existing(
+    existing: FaceSet, old_labels: np.ndarray, new: FaceSet, rows: np.ndarray, params: ClusterParams
+) -> np.ndarray:
+    out = np.full(len(rows), UNCLUSTERED, np.int64)
+    clustered = np.flatnonzero(old_labels >= 0)
+    if rows.size == 0 or clustered.size == 0:
+        return out
+    index = faiss.IndexFlatIP(existing.dim)
+    index.add(existing.embeddings[clustered])
+    k = min(params.k, clustered.size)
+    sims, idx = index.search(np.ascontiguousarray(new.embeddings[rows]), k)
+    neighbour_label = old_labels[clustered[np.maximum(idx, 0)]]
+    votes = np.where((idx >= 0) & (sims >= params.threshold), sims, 0.0)
+    # Per new face: the cluster with the largest summed similarity among qualifying neighbours.
+    best_label = np.full(len(rows), UNCLUSTERED, np.int64)
+    best_score = np.zeros(len(rows))
+    for j in range(k):
+        cand = neighbour_label[:, j]
+        score = (votes * (neighbour_label == cand[:, None])).sum(axis=1)
+        better = (votes[:, j] > 0) & (score > best_score)
+        best_label[better], best_score[better] = cand[better], score[better]
+    # Same-photo constraint: among new faces of one photo bound for one cluster, the
+    # strongest wins; the others stay for the fresh clustering.
+    order = np.argsort(-best_score, kind="stable")
+    taken: set[tuple[int, int]] = set()
+    for i in order:
+        if best_label[i] < 0:
+            continue
+        key = (int(new.image_index[rows[i]]), int(best_label[i]))
+        if key not in taken:
+            taken.add(key)
+            out[i] = best_label[i]
+    return out
+
+
+def _concat(a: FaceSet, b: FaceSet) -> FaceSet:
+    offset = len(a.sources) if a.sources else (int(a.image_index.max(initial=-1)) + 1)
+    both = lambda x, y: None if x is None or y is None else np.concatenate([x, y])  # noqa: E731
+    return FaceSet(
+        embeddings=np.concatenate([a.embeddings, b.embeddings]).reshape(-1, max(a.dim, b.dim)),
+        image_index=np.concatenate([a.image_index, b.image_index + offset]),
+        sources=tuple(a.sources) + tuple(b.sources),
+        boxes=both(a.boxes, b.boxes),
+        probabilities=both(a.probabilities, b.probabilities),
+        blur=both(a.blur, b.blur),
+    )

@@ -1,0 +1,270 @@
+"""Bulk enrollment: plan the work, run it batch by batch, report every outcome.
+
+The unit of work is a batch of `EnrollItem`s (an image reference and the person it
+shows). `enroll_batch` processes one batch and writes it in one database transaction,
+and it is idempotent: an image already stored for that person is recognised by its
+content hash before any model runs, and the store refuses duplicates of
+(image sha256, model, face index). So an interrupted job is resumed by running it again,
+and a Celery worker can take the very same batch (workers/ does exactly that).
+
+Enrollment photos must show one face. A photo with no face or several faces is
+reported, never guessed, unless the caller asks for the largest face.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+from identity.errors import InputError
+from identity.faces.decode import read_bytes
+from identity.faces.pipeline import FacePipeline
+from identity.faces.types import ImageRef, ImageResult
+from identity.files import is_image_path
+from identity.store import Store
+from identity.store.types import FacesToAdd, ModelInfo
+
+Status = Literal[
+    "enrolled", "already_present", "no_face", "multiple_faces", "unreadable", "conflict", "invalid"
+]
+SKIPPED: frozenset[str] = frozenset({"no_face", "multiple_faces", "unreadable", "conflict", "invalid"})
+
+
+@dataclass(frozen=True)
+class EnrollItem:
+    """One image of one person. `source` is a path readable by whoever processes it."""
+
+    source: str
+    person: str  # external id
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    source: str
+    person: str
+    status: Status
+    reason: str | None = None
+    face_id: int | None = None
+
+
+@dataclass
+class EnrollSummary:
+    counts: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    report: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(n for status, n in self.counts.items() if status in SKIPPED)
+
+    def to_dict(self) -> dict:
+        return {
+            "total": self.total,
+            **{status: self.counts.get(status, 0) for status in Status.__args__},  # type: ignore[attr-defined]
+            "seconds": round(self.seconds, 2),
+            "images_per_s": round(self.total / self.seconds, 2) if self.seconds else None,
+            "report": str(self.report) if self.report else None,
+        }
+
+
+# --- planning -----------------------------------------------------------------------------
+
+
+def items_from_directory(root: str | Path) -> Iterator[EnrollItem]:
+    """`root/<person>/**/<image>`: the folder name is the person's external id (the
+    layout of LFW and torchvision's ImageFolder). Folders starting with `_` or `.` are not
+    people (e.g. a `_query/` folder of probe photos) and are left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("not a directory", path=str(root))
+    for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if person_dir.name.startswith(("_", ".")):
+            continue
+        for path in sorted(person_dir.rglob("*")):
+            if path.is_file() and is_image_path(path):
+                yield EnrollItem(source=str(path), person=person_dir.name)
+
+
+def items_from_manifest(path: str | Path) -> Iterator[EnrollItem | ItemOutcome]:
+    """A CSV (header: path, person[, display_name]) or JSONL file (keys path, person,
+    display_name). Relative paths are relative to the manifest's folder. A malformed
+    line becomes an `invalid` outcome naming the line; the rest of the file still runs."""
+    path = Path(path)
+    base = path.parent
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read manifest: {exc.strerror or exc}", path=str(path)) from None
+    with handle:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            rows = _jsonl_rows(handle)
+        else:
+            rows = ((n, row) for n, row in enumerate(csv.DictReader(handle), start=2))
+        for line, row in rows:
+            if isinstance(row, str):  # a parse error message
+                yield ItemOutcome(f"{path}:{line}", "", "invalid", row)
+                continue
+            image = (row.get("path") or "").strip()
+            person = (row.get("person") or row.get("external_id") or "").strip()
+            if not image or not person:
+                yield ItemOutcome(f"{path}:{line}", person, "invalid", "needs 'path' and 'person'")
+                continue
+            source = Path(image) if Path(image).is_absolute() else base / image
+            name = (row.get("display_name") or "").strip() or None
+            yield EnrollItem(source=str(source), person=person, display_name=name)
+
+
+def _jsonl_rows(handle) -> Iterator[tuple[int, dict | str]]:
+    for line, text in enumerate(handle, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield line, f"not JSON: {exc.msg}"
+            continue
+        yield line, row if isinstance(row, dict) else "not a JSON object"
+
+
+# --- one batch ------------------------------------------------------------------------------
+
+
+def enroll_batch(
+    items: list[EnrollItem],
+    *,
+    pipeline: FacePipeline,
+    store: Store,
+    largest_face: bool = False,
+) -> list[ItemOutcome]:
+    """Process and store one batch in one transaction. Outcomes in input order."""
+    model = ModelInfo(pipeline.model_name, pipeline.model_version, pipeline.dim)
+    outcomes: dict[int, ItemOutcome] = {}
+    loaded: dict[int, tuple[bytes, str]] = {}
+    for i, item in enumerate(items):
+        try:
+            data = read_bytes(item.source)
+        except InputError as exc:
+            outcomes[i] = ItemOutcome(item.source, item.person, "unreadable", exc.message)
+            continue
+        loaded[i] = (data, hashlib.sha256(data).hexdigest())
+
+    # Skip the model for images already enrolled to this person (resume, re-runs).
+    known = store.known_images([sha for _, sha in loaded.values()], model=model.name)
+    todo = []
+    for i, (data, sha) in loaded.items():
+        image = known.get(sha)
+        if image and image.faces and all(f.person_external_id == items[i].person for f in image.faces):
+            outcomes[i] = ItemOutcome(items[i].source, items[i].person, "already_present",
+                                      face_id=image.faces[0].face_id)
+        else:
+            todo.append(i)
+
+    refs = [ImageRef(source=items[i].source, data=loaded[i][0]) for i in todo]
+    to_add: list[tuple[int, FacesToAdd]] = []
+    for i, result in zip(todo, pipeline.process(refs)):
+        outcome, add = _choose_face(items[i], result, largest_face)
+        if outcome is not None:
+            outcomes[i] = outcome
+        else:
+            to_add.append((i, add))  # type: ignore[arg-type]
+
+    if to_add:
+        stored = store.add_faces([add for _, add in to_add], model=model)
+        for (i, _), result in zip(to_add, stored):
+            status: Status = "enrolled" if result.status == "added" else result.status  # type: ignore[assignment]
+            face_id = result.face_ids[0] if result.face_ids else None
+            outcomes[i] = ItemOutcome(items[i].source, items[i].person, status, result.detail, face_id)
+    return [outcomes[i] for i in range(len(items))]
+
+
+def _choose_face(
+    item: EnrollItem, result: ImageResult, largest_face: bool
+) -> tuple[ItemOutcome | None, FacesToAdd | None]:
+    if result.error is not None:
+        message = getattr(result.error, "message", str(result.error))
+        return ItemOutcome(item.source, item.person, "unreadable", message), None
+    if not result.faces:
+        return ItemOutcome(item.source, item.person, "no_face", "no face found"), None
+    if len(result.faces) > 1 and not largest_face:
+        reason = f"{len(result.faces)} faces found; pass --largest-face to enroll the largest"
+        return ItemOutcome(item.source, item.person, "multiple_faces", reason), None
+    index = max(range(len(result.faces)), key=lambda j: result.faces[j].area)
+    add = FacesToAdd(image=result, external_id=item.person, display_name=item.display_name,
+                     face_indexes=(index,))
+    return None, add
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def run(
+    items: Iterable[EnrollItem | ItemOutcome],
+    *,
+    process: Callable[[list[EnrollItem]], list[ItemOutcome]],
+    batch_size: int,
+    report: Path | None = None,
+    on_progress: Callable[[list[ItemOutcome]], None] | None = None,
+) -> EnrollSummary:
+    """Drive batches through `process` (in-process `enroll_batch`, or a dispatch to
+    workers), counting outcomes and appending every non-enrolled one to `report` (CSV)
+    as it happens, so an interrupted job still leaves its report behind."""
+    summary = EnrollSummary(report=report)
+    start = time.perf_counter()
+    writer = None
+    handle = None
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        handle = report.open("w", newline="", encoding="utf-8")
+        writer = csv.writer(handle)
+        writer.writerow(["source", "person", "status", "reason"])
+    try:
+        pending: list[EnrollItem] = []
+
+        def flush(outcomes: list[ItemOutcome]) -> None:
+            summary.counts.update(o.status for o in outcomes)
+            if writer is not None:
+                for o in outcomes:
+                    if o.status != "enrolled":
+                        writer.writerow([o.source, o.person, o.status, o.reason or ""])
+                handle.flush()  # type: ignore[union-attr]
+            if on_progress is not None:
+                on_progress(outcomes)
+
+        for item in items:
+            if isinstance(item, ItemOutcome):  # already decided while planning
+                flush([item])
+                continue
+            pending.append(item)
+            if len(pending) >= batch_size:
+                flush(process(pending))
+                pending = []
+        if pending:
+            flush(process(pending))
+    finally:
+        summary.seconds = time.perf_counter() - start
+        if handle is not None:
+            handle.close()
+    return summary
+
+
+def outcome_dict(outcome: ItemOutcome) -> dict:
+    return asdict(outcome)

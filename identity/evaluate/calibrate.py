@@ -1,0 +1,156 @@
+"""Thresholds calibrated to target false-accept rates, stored per model version.
+
+Rule everywhere: a comparison is accepted ("same person") when its cosine similarity is
+≥ the threshold. A threshold for FAR f is chosen on n impostor (different-person)
+scores so that at most k = floor(f·n) of them are accepted: it is the smallest multiple
+of 1e-6 strictly above the (k+1)-th highest impostor score. The empirical FAR on the
+calibration scores is therefore ≤ f by construction, and the threshold is as
+accepting as that allows.
+
+Resolution: with n impostor scores, FARs below 1/n cannot be measured, only bounded.
+The 1,100 different-person pairs of `pairsDevTrain.txt` resolve 1e-2 (11 accepts
+allowed) and barely 1e-3 (1), not 1e-4 at all. So calibration builds its impostor
+set from *every* cross-identity pair of the embedded images (3,443 lfw-dev images give
+≈5.9 million), and reports for each level how many impostor comparisons and how many
+allowed false accepts its threshold rests on. Those comparisons share images, so they
+are not independent; the count says what the threshold was fitted on, not a
+confidence interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from identity.config import Settings
+from identity.errors import InputError
+from identity.faces import registry
+from identity.faces.registry import ModelSpec
+
+LEVELS: dict[str, float] = {"loose": 1e-2, "normal": 1e-3, "strict": 1e-4}
+_GRID = 1e-6  # thresholds are stored with 6 decimals, rounded towards "stricter"
+
+
+@dataclass(frozen=True)
+class LevelThreshold:
+    level: str
+    far: float  # the target
+    similarity: float  # accept when cosine similarity >= this
+    distance: float  # the same threshold as squared euclidean distance (accept when <=)
+    n_impostor: int  # impostor comparisons the threshold was fitted on
+    allowed_false_accepts: int  # floor(far * n_impostor)
+    false_accepts: int  # impostor scores >= similarity (≤ allowed, by construction)
+    empirical_far: float
+    genuine_accept_rate: float | None  # TAR at this threshold on the genuine scores, if any
+    n_genuine: int
+    resolved: bool  # False when far < 1/n_impostor: the threshold is only an upper bound
+
+
+def threshold_for_far(impostor_scores: np.ndarray, far: float) -> tuple[float, int]:
+    """(threshold, allowed false accepts): at most floor(far·n) scores are ≥ threshold."""
+    scores = np.asarray(impostor_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise InputError("no impostor scores to calibrate on")
+    if not 0.0 < far < 1.0:
+        raise InputError(f"target false-accept rate must be in (0, 1), got {far}")
+    allowed = math.floor(far * scores.size + 1e-9)
+    # the (allowed+1)-th highest score must be rejected, and everything above it may pass
+    kth = float(np.partition(scores, scores.size - allowed - 1)[scores.size - allowed - 1])
+    threshold = round((math.floor(kth / _GRID) + 1) * _GRID, 6)
+    while threshold <= kth:  # floating-point rounding can land on the score itself
+        threshold = round(threshold + _GRID, 6)
+    return threshold, allowed
+
+
+def calibrate_levels(
+    impostor_scores: np.ndarray,
+    genuine_scores: np.ndarray | None = None,
+    levels: dict[str, float] = LEVELS,
+) -> dict[str, LevelThreshold]:
+    impostor = np.asarray(impostor_scores, dtype=np.float64).ravel()
+    genuine = (
+        None if genuine_scores is None else np.asarray(genuine_scores, dtype=np.float64).ravel()
+    )
+    out: dict[str, LevelThreshold] = {}
+    for level, far in levels.items():
+        t, allowed = threshold_for_far(impostor, far)
+        fa = int(np.count_nonzero(impostor >= t))
+        out[level] = LevelThreshold(
+            level=level,
+            far=far,
+            similarity=t,
+            distance=2.0 - 2.0 * t,
+            n_impostor=impostor.size,
+            allowed_false_accepts=allowed,
+            false_accepts=fa,
+            empirical_far=fa / impostor.size,
+            genuine_accept_rate=None
+            if genuine is None or genuine.size == 0
+            else float(np.mean(genuine >= t)),
+            n_genuine=0 if genuine is None else genuine.size,
+            resolved=far * impostor.size >= 1.0,
+        )
+    return out
+
+
+def all_pair_scores(
+    embeddings: np.ndarray, labels: list[str] | np.ndarray, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """(impostor, genuine) cosine scores of every unordered pair of rows, by label.
+
+    Memory is O(n²/2) floats: fine for LFW-sized sets (3,443 images → 5.9 M scores).
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    _, y = np.unique(np.asarray(labels), return_inverse=True)
+    n = len(x)
+    impostor: list[np.ndarray] = []
+    genuine: list[np.ndarray] = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        sims = x[start:stop] @ x[start:].T
+        i, j = np.triu_indices(stop - start, k=1, m=n - start)  # column > row: each pair once
+        vals = sims[i, j]
+        same = y[start + i] == y[start + j]
+        genuine.append(vals[same])
+        impostor.append(vals[~same])
+    return np.concatenate(impostor), np.concatenate(genuine)
+
+
+# --- calibration file ------------------------------------------------------------------------
+# One writer and one reader of the file: the model registry's. Calibration adds, next to the
+# `similarity` and `far` it reads, the figures that explain each number.
+
+
+def level_entries(levels: dict[str, LevelThreshold]) -> dict[str, dict]:
+    return {
+        name: {
+            "similarity": lt.similarity,
+            "far": lt.far,
+            "distance": lt.distance,
+            "n_impostor": lt.n_impostor,
+            "allowed_false_accepts": lt.allowed_false_accepts,
+            "false_accepts": lt.false_accepts,
+            "empirical_far": lt.empirical_far,
+            "genuine_accept_rate": lt.genuine_accept_rate,
+            "n_genuine": lt.n_genuine,
+            "resolved": lt.resolved,
+        }
+        for name, lt in levels.items()
+    }
+
+
+def write_calibration(
+    levels: dict[str, LevelThreshold], spec: ModelSpec, settings: Settings, *, source: str
+) -> Path:
+    """Store thresholds with the model version (`data_dir/calibration/<name>@<version>.json`)."""
+    return registry.save_calibration(spec, settings, level_entries(levels), source)
+
+
+def thresholds_by_level(spec: ModelSpec, settings: Settings) -> dict[str, float]:
+    """Thresholds (cosine similarity) by level name (`loose`, `normal`, `strict`): the
+    calibration file's where one exists, else the manifest's shipped defaults."""
+    return registry.load_thresholds(spec, settings)

@@ -1,0 +1,67 @@
+"""Schema migrations, applied by yoyo-migrations from `migrations/`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from identity.config import Settings
+from identity.errors import StoreError
+from identity.resources import migrations_dir
+from identity.store.embedded import redact
+
+
+def yoyo_url(url: str) -> str:
+    """yoyo picks its driver from the scheme; `postgresql+psycopg` is psycopg 3."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+        raise StoreError(f"database URL must start with postgresql:// (got {redact(url)!r})")
+    return "postgresql+psycopg://" + rest
+
+
+@contextmanager
+def _backend(url: str) -> Iterator[object]:
+    from yoyo import get_backend
+
+    try:
+        backend = get_backend(yoyo_url(url))
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
+def _migrations():
+    from yoyo import read_migrations
+
+    return read_migrations(str(migrations_dir()))
+
+
+def upgrade_url(url: str) -> list[str]:
+    """Apply pending migrations; returns the ids applied (empty when up to date).
+
+    yoyo's lock makes concurrent upgrades from several processes safe.
+    """
+    migrations = _migrations()
+    with _backend(url) as backend, backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def pending_url(url: str) -> list[str]:
+    migrations = _migrations()
+    with _backend(url) as backend:
+        return [m.id for m in backend.to_apply(migrations)]
+
+
+def upgrade(settings: Settings) -> list[str]:
+    """`identity db upgrade`: bring the configured database (embedded or not) up to date."""
+    from identity.store.embedded import embedded_url
+
+    url = settings.database_url or embedded_url(settings)
+    return upgrade_url(url)

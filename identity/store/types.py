@@ -1,0 +1,140 @@
+"""Rows and results that cross the store's boundary. Plain frozen dataclasses: no SQL here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from identity.faces.types import ImageResult
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding model a batch of faces was computed with."""
+
+    name: str
+    version: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class Person:
+    id: int
+    external_id: str
+    display_name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    aliases: tuple[str, ...] = ()
+    face_count: int = 0
+
+
+@dataclass(frozen=True)
+class PersonPage:
+    items: tuple[Person, ...]
+    next_after: int | None  # pass as `after` for the next page; None on the last page
+
+
+@dataclass(frozen=True)
+class KnownFace:
+    face_id: int
+    face_index: int
+    model: str
+    person_id: int | None
+    person_external_id: str | None
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """An image already in the store, with the faces enrolled from it."""
+
+    id: int
+    sha256: str  # hex
+    source: str | None
+    width: int
+    height: int
+    faces: tuple[KnownFace, ...] = ()
+
+    def face(self, model: str, face_index: int) -> KnownFace | None:
+        for known in self.faces:
+            if known.model == model and known.face_index == face_index:
+                return known
+        return None
+
+
+@dataclass(frozen=True)
+class FacesToAdd:
+    """One processed image and what to enroll from it.
+
+    `external_id` names the person every selected face belongs to (created on demand,
+    an alias resolves to its person); None stores the faces unassigned. `face_indexes`
+    selects faces by their position in `image.faces` (detection order); None = all.
+    """
+
+    image: ImageResult
+    external_id: str | None = None
+    display_name: str | None = None
+    face_indexes: tuple[int, ...] | None = None
+
+    def selected(self) -> tuple[int, ...]:
+        if self.face_indexes is None:
+            return tuple(range(len(self.image.faces)))
+        return tuple(self.face_indexes)
+
+
+AddStatus = Literal["added", "already_present", "conflict", "no_face"]
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    """What `Store.add_faces` did with one `FacesToAdd`, in input order.
+
+    added: at least one selected face was new and is now stored.
+    already_present: every selected face was stored before, with the same person.
+    conflict: a selected face is already enrolled to a different person; nothing
+      was written for this image (`detail` says which person).
+    no_face: nothing was selected; nothing was written.
+    """
+
+    source: str
+    sha256: str | None
+    status: AddStatus
+    image_id: int | None = None
+    person_id: int | None = None
+    face_ids: tuple[int, ...] = ()  # of the selected faces, new or already present
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    person_id: int
+    external_id: str
+    faces_deleted: int
+    images_deleted: int
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    person: Person  # the kept person, after the merge
+    merged_external_id: str  # now an alias of `person`
+    faces_moved: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change-log row: the search index replays these in `seq` order."""
+
+    seq: int
+    op: Literal["insert", "delete", "update"]
+    face_id: int
+    person_id: int | None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: str
+    files: tuple[str, ...]
+    persons: int
+    faces: int
+    watermark: int

@@ -1,0 +1,90 @@
+"""The embedded default: with no database URL, the store starts its own PostgreSQL +
+pgvector under data_dir, migrates it, keeps the data across runs, shares one server
+between processes, and the last process to leave stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from identity.store.testing import server_directory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each snippet runs in its own interpreter with IDENTITY_DATA_DIR set and no URL.
+_OPEN = "from identity.store import Store; store = Store()\n"
+
+
+def run(data_dir: Path, code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", _OPEN + textwrap.dedent(code)],
+        env=_env(data_dir),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDENTITY_")}
+    env["IDENTITY_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def server_running(data_dir: Path) -> bool:
+    import psutil
+
+    pidfile = data_dir / "pgdata" / "postmaster.pid"
+    return pidfile.exists() and psutil.pid_exists(int(pidfile.read_text().split()[0]))
+
+
+@pytest.fixture
+def data_dir():
+    with server_directory() as directory:
+        yield directory / "data"
+
+
+def test_embedded_server_starts_migrated_keeps_data_and_stops_when_the_last_process_leaves(data_dir):
+    run(data_dir, "store.create_person('alice', 'Alice'); store.close()")
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    assert not server_running(data_dir)  # the only process left: clean stop
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _OPEN + "print('ready', flush=True); import sys; sys.stdin.readline()\n"
+         "print(store.get_person('bob').display_name, flush=True)"],
+        env=_env(data_dir), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        out = run(data_dir, "print(store.get_person('alice').display_name); store.create_person('bob', 'Bob')")
+        assert out.strip() == "Alice"  # data kept across runs
+        assert server_running(data_dir)  # the holder still uses it: not stopped
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "Bob"
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    assert not server_running(data_dir)
+
+
+def test_a_killed_process_does_not_keep_the_server_alive_forever(data_dir):
+    victim = subprocess.Popen(
+        [sys.executable, "-c", _OPEN + "print('ready', flush=True); import time; time.sleep(600)"],
+        env=_env(data_dir), cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    assert victim.stdout.readline().strip() == "ready"
+    victim.send_signal(signal.SIGKILL)  # no atexit: its handle stays registered
+    victim.wait()
+    assert server_running(data_dir)
+    run(data_dir, "store.close()")  # attaches, prunes the dead handle, leaves last
+    assert not server_running(data_dir)
