@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -56,6 +57,8 @@ Images = Annotated[list[Path], typer.Argument(help="Image files or directories (
 def main() -> None:
     """Console-script entry point: every `IdentityError` becomes its message and exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # pgserver asks platformdirs for a runtime dir; harmless where XDG_RUNTIME_DIR is unset.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     try:
         app(standalone_mode=False)
     except IdentityError as exc:

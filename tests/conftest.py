@@ -88,3 +88,63 @@ def store(store_settings):
 
     with Store(store_settings) as opened:
         yield opened
+
+
+# --- broker: one real Redis (Debian's redis-server binary) per test session -------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A throwaway redis-server on a free port (no persistence); its URL."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def service(store_settings, model_settings, pipeline):
+    """A `Service` on the test's own database, sharing the session's loaded pipeline."""
+    from identity.service import Service
+
+    settings = store_settings.model_copy(
+        update={"models_dir": model_settings.models_dir, "cache_dir": model_settings.cache_dir,
+                "device": "cpu"}
+    )
+    svc = Service(settings)
+    svc.__dict__["pipeline"] = pipeline  # same model settings: load the network once per session
+    yield svc
+    svc.close()

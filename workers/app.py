@@ -39,9 +39,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": settings.task_visibility_timeout},
         result_backend_transport_options={"visibility_timeout": settings.task_visibility_timeout},
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
     )
     return app
 
 
 app = make_app()
+
+# Connect the process start/stop signals (models load once per worker process) as soon as
+# the app is imported, before the worker sends them.
+from workers import runtime as _runtime  # noqa: E402,F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from functools import lru_cache
 
 from identity.config import Settings
 from identity.enroll import EnrollItem, ItemOutcome
@@ -15,10 +16,17 @@ from identity.errors import ServiceUnavailableError
 WINDOW = 64
 
 
-def _app(settings: Settings):
+@lru_cache(maxsize=8)
+def _app_for(broker_url: str, visibility_timeout: int):
     from workers.app import make_app
 
-    return make_app(settings)
+    return make_app(Settings(broker_url=broker_url, task_visibility_timeout=visibility_timeout))
+
+
+def _app(settings: Settings):
+    """A Celery client app for these settings (cached: building one costs milliseconds
+    and opens connections)."""
+    return _app_for(str(settings.broker_url), settings.task_visibility_timeout)
 
 
 def _send(app, batch: list[EnrollItem], largest_face: bool, job_id=None, batch_no=None):

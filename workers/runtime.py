@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from identity.config import get_settings
 from identity.service import Service
@@ -19,6 +26,8 @@ from identity.service import Service
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _service: Service | None = None
+_loaded: list[float] = []  # seconds each load took (one entry per process, or it is a bug)
+_announced: list[bool] = []
 
 
 def service() -> Service:
@@ -27,12 +36,20 @@ def service() -> Service:
     global _service
     with _lock:
         if _service is None:
+            start = time.perf_counter()
             created = Service(get_settings())
             created.pipeline  # noqa: B018 - load the networks now, not inside the first task
             created.store  # noqa: B018
             _service = created
-            log.info("worker: models loaded (%s)", created.pipeline.model_name)
+            _loaded.append(time.perf_counter() - start)
         return _service
+
+
+def _announce() -> None:
+    if _service is not None and _loaded and not _announced:
+        _announced.append(True)
+        log.info("worker: models loaded (%s on %s) in %.1f s", _service.pipeline.model_name,
+                 _service.pipeline.device, _loaded[-1])
 
 
 def close() -> None:
@@ -52,12 +69,19 @@ def _pool_forks(sender: object) -> bool:
 @worker_process_init.connect
 def _load_in_child(**_: object) -> None:
     service()
+    _announce()
 
 
 @worker_init.connect
 def _load_in_main(sender: object = None, **_: object) -> None:
     if not _pool_forks(sender):
         service()
+
+
+@worker_ready.connect
+def _ready(**_: object) -> None:
+    # worker_init runs before Celery sets up logging: say it once the log works.
+    _announce()
 
 
 @worker_process_shutdown.connect

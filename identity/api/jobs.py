@@ -61,13 +61,19 @@ def confined_directory_items(directory: Path, roots: list[Path]) -> tuple[list[E
     from identity.api.limits import confine
     from identity.errors import PathNotAllowedError
 
+    from identity.errors import InputError
+
     items, refused = [], []
-    for item in items_from_directory(directory):
-        try:
-            confine(item.source, roots)
-            items.append(item)
-        except PathNotAllowedError as exc:
-            refused.append(ItemOutcome(item.source, item.person, "invalid", exc.message))
+    try:
+        for item in items_from_directory(directory):
+            try:
+                confine(item.source, roots)
+                items.append(item)
+            except PathNotAllowedError as exc:
+                refused.append(ItemOutcome(item.source, item.person, "invalid", exc.message))
+    except OSError as exc:  # a name too long, a folder we may not list, …
+        raise InputError(f"cannot read the directory: {exc.strerror or type(exc).__name__}",
+                         path=str(directory)[:300]) from None
     return items, refused
 
 

@@ -77,8 +77,11 @@ def confine(path: str | os.PathLike, roots: list[Path]) -> Path:
     candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = resolved_roots[0] / candidate
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # name too long, symlink loop, …
+        raise PathNotAllowedError(f"cannot resolve the path ({type(exc).__name__})", path=raw[:300]) from None
     for root in resolved_roots:
         if resolved == root or resolved.is_relative_to(root):
             return resolved
-    raise PathNotAllowedError("outside the allowed server-side directories", path=raw)
+    raise PathNotAllowedError("outside the allowed server-side directories", path=raw[:300])

@@ -84,7 +84,10 @@ def extract_archive(data: bytes, data_dir: Path, max_total: int, max_files: int 
     items = []
     total = 0
     for info in sorted(entries, key=lambda i: i.filename):
-        parts = [p for p in PurePosixPath(info.filename.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+        raw = PurePosixPath(info.filename.replace("\\", "/"))
+        if raw.is_absolute() or ".." in raw.parts:
+            continue  # a traversal attempt names no person; it is skipped, never followed
+        parts = [p for p in raw.parts if p not in ("", ".")]
         if len(parts) < 2 or any(p.startswith((".", "_")) for p in parts) or not is_image_path(Path(parts[-1])):
             continue
         with archive.open(info) as handle:

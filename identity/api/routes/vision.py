@@ -37,10 +37,11 @@ def search(
 @router.post("/search/embedding", response_model=EmbeddingSearchOut)
 def search_embedding(body: EmbeddingQuery, service: Service = Depends(get_service)) -> EmbeddingSearchOut:
     """Search with embeddings computed elsewhere (same model: `dim` must match)."""
-    vectors = np.asarray(body.vectors, dtype=np.float32)
     dim = service.model_info.dim
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
+    if any(len(v) != dim for v in body.vectors):
         raise InputError(f"each vector must have {dim} numbers (model {service.model_info.name})")
+    with np.errstate(over="ignore"):
+        vectors = np.asarray(body.vectors, dtype=np.float32)
     if not np.isfinite(vectors).all():
         raise InputError("vectors must be finite numbers")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

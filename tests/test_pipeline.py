@@ -1,0 +1,170 @@
+"""The face pipeline on real photos with the real FaceNet weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from identity.errors import ImageDecodeError
+from identity.faces.align import crop, similarity_transform, warp
+from identity.faces.detect import select_faces
+from identity.faces.types import DetectedFace, ImageRef
+
+from conftest import LFW_DIR, MISC_DIR
+
+GROUP = MISC_DIR / "group"
+LABELED = MISC_DIR / "small_labeled"
+
+
+@pytest.fixture(scope="module")
+def labeled(pipeline):
+    """One embedding per small_labeled photo (its largest face), with the person's name."""
+    paths = sorted(p for p in LABELED.glob("*/*") if p.parent.name != "_query")
+    results = list(pipeline.process(paths, select="largest"))
+    assert all(r.ok and len(r.faces) == 1 for r in results)
+    names = [Path(r.source).parent.name for r in results]
+    return names, np.stack([r.faces[0].embedding for r in results])
+
+
+def test_group_photos_give_the_expected_number_of_faces(pipeline):
+    expected = {
+        "facenet_pytorch_multiface.jpg": 6,
+        "fr_kit_with_rose.jpg": 2,
+        "fr_obama_and_biden.jpg": 3,  # two adults and a partly visible child
+        "fr_two_people.jpg": 2,
+    }
+    results = {Path(r.source).name: r for r in pipeline.process(sorted(GROUP.iterdir()))}
+    assert {name: len(r.faces) for name, r in results.items()} == expected
+
+
+def test_faces_come_left_to_right_in_full_resolution_coordinates(pipeline):
+    # fr_obama_and_biden.jpg is 2000 px wide, detected at 1600: boxes must be rescaled.
+    result = pipeline.embed_image(GROUP / "fr_obama_and_biden.jpg")
+    assert (result.width, result.height) == (2000, 1428)
+    centres = [(f.box[0] + f.box[2]) / 2 for f in result.faces]
+    assert centres == sorted(centres)
+    assert max(f.box[2] for f in result.faces) > 1600  # beyond the working width
+    for face in result.faces:
+        x1, y1, x2, y2 = face.box
+        assert (face.landmarks[:, 0] > x1).all() and (face.landmarks[:, 0] < x2).all()
+        assert (face.landmarks[:, 1] > y1).all() and (face.landmarks[:, 1] < y2).all()
+
+
+def test_images_without_a_person_give_no_face_and_no_error(pipeline):
+    results = list(pipeline.process(sorted((MISC_DIR / "nonface").iterdir())))
+    assert len(results) == 14
+    assert [r.source for r in results if not r.ok] == []
+    assert {Path(r.source).name: len(r.faces) for r in results if r.faces} == {}
+
+
+def test_embeddings_are_unit_vectors_of_the_model_dimension(pipeline):
+    result = pipeline.embed_image(MISC_DIR / "single_face" / "skimage_astronaut.png")
+    (face,) = result.faces
+    assert face.embedding.shape == (128,) and face.embedding.dtype == np.float32
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+    # Quality is the detection probability, discounted for faces under 112 px.
+    side = min(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    assert side < 112
+    assert face.quality == pytest.approx(face.probability * side / 112, rel=1e-3)
+
+
+def test_a_small_greyscale_face_is_found(pipeline):
+    result = pipeline.embed_image(MISC_DIR / "single_face" / "skimage_camera_gray.png")
+    assert len(result.faces) == 1
+
+
+def test_same_person_is_more_similar_than_different_people(labeled):
+    names, vectors = labeled
+    sims = vectors @ vectors.T
+    same = [sims[i, j] for i in range(len(names)) for j in range(i) if names[i] == names[j]]
+    different = [sims[i, j] for i in range(len(names)) for j in range(i) if names[i] != names[j]]
+    assert min(same) > 0.55
+    assert np.mean(same) - np.mean(different) > 0.6
+    # Everyone's nearest other photo is of themselves, when they have another photo.
+    for i, name in enumerate(names):
+        if names.count(name) > 1:
+            order = [j for j in np.argsort(-sims[i]) if j != i]
+            assert names[order[0]] == name, f"{name}: nearest is {names[order[0]]}"
+
+
+def test_each_query_photo_is_closest_to_its_own_person(pipeline, labeled):
+    names, vectors = labeled
+    truth = {"johnsnow_test1.jpg": "kit_harington", "obama1.jpg": "obama",
+             "alex_lacamoire1.jpg": "alex_lacamoire"}
+    for result in pipeline.process(sorted((LABELED / "_query").iterdir())):
+        (face,) = result.faces
+        nearest = names[int(np.argmax(vectors @ face.embedding))]
+        assert nearest == truth[Path(result.source).name]
+
+
+def test_a_corrupt_image_skips_only_that_image(pipeline, tmp_path):
+    good = LFW_DIR / "Fidel_Castro" / "Fidel_Castro_0004.jpg"
+    refs = [
+        ImageRef(str(good)),
+        ImageRef("truncated.jpg", data=good.read_bytes()[:3000]),
+        ImageRef("empty.jpg", data=b""),
+        ImageRef(str(tmp_path / "missing.jpg")),
+        ImageRef(str(MISC_DIR / "single_face" / "skimage_astronaut.png")),
+    ]
+    results = list(pipeline.process(refs))
+    assert [r.source for r in results] == [r.source for r in refs]  # input order kept
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert all(isinstance(r.error, ImageDecodeError) for r in results if not r.ok)
+    assert len(results[0].faces) == 1 and len(results[4].faces) == 1
+
+
+def test_mixed_sizes_batch_together_and_match_one_at_a_time(pipeline):
+    paths = [GROUP / "fr_two_people.jpg", LFW_DIR / "Fidel_Castro" / "Fidel_Castro_0004.jpg",
+             LABELED / "biden" / "biden.jpg", MISC_DIR / "single_face" / "skimage_astronaut.png"]
+    together = list(pipeline.process(paths))
+    alone = [pipeline.embed_image(p) for p in paths]
+    for a, b in zip(together, alone):
+        assert len(a.faces) == len(b.faces)
+        for fa, fb in zip(a.faces, b.faces):
+            assert float(fa.embedding @ fb.embedding) > 0.999
+            assert np.allclose(fa.box, fb.box, atol=1.0)
+
+
+def test_selection_rules():
+    def face(x1, y1, x2, y2):
+        return DetectedFace((x1, y1, x2, y2), np.zeros((5, 2), np.float32), 0.99)
+
+    big_corner, small_centre = face(0, 0, 60, 60), face(45, 45, 85, 85)
+    faces = [big_corner, small_centre]
+    assert select_faces(faces, (130, 130, 3), "all") == faces
+    assert select_faces(faces, (130, 130, 3), "largest") == [big_corner]
+    assert select_faces(faces, (130, 130, 3), "central") == [small_centre]
+
+
+def test_crop_margin_scales_with_the_face():
+    pixels = np.zeros((1000, 1000, 3), np.uint8)
+    pixels[400:600, 400:600] = 255  # a 200-px "face"
+    out = crop(pixels, (400, 400, 600, 600), image_size=160, margin=32)
+    # margin 32 of 160 output pixels: the face fills 128 px, 16 px border each side.
+    assert out.shape == (160, 160, 3)
+    assert out[80, 10].max() == 0 and out[80, 20].min() == 255
+
+
+def test_similarity_transform_recovers_a_known_rotation():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rotation.T + shift
+    matrix = similarity_transform(src, dst)
+    assert np.allclose(matrix[:, :2], scale * rotation, atol=1e-9)
+    assert np.allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_similarity_alignment_puts_the_eyes_on_the_template(pipeline):
+    from identity.faces.align import TEMPLATE_UNIT
+
+    image = pipeline.decode(LFW_DIR / "Fidel_Castro" / "Fidel_Castro_0004.jpg")
+    (face,) = pipeline.detector.detect([image.pixels])[0]
+    aligned = warp(image.pixels, face.landmarks, image_size=160)
+    assert aligned.shape == (160, 160, 3)
+    (again,) = pipeline.detector.detect([np.ascontiguousarray(aligned)])[0] or [None]
+    if again is not None:  # re-detected landmarks land near the template
+        assert np.abs(again.landmarks - TEMPLATE_UNIT * 160).mean() < 6
