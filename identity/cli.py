@@ -47,8 +47,9 @@ app.add_typer(persons_app, name="persons")
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long paths and messages stay on one line, so they can be grepped and parsed.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 Images = Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")]
@@ -60,7 +61,8 @@ def main() -> None:
     # pgserver asks platformdirs for a runtime dir; harmless where XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     try:
-        app(standalone_mode=False)
+        # Without standalone mode Click *returns* the code of a `typer.Exit` (verify's 1).
+        code = app(standalone_mode=False)
     except IdentityError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {exc}", highlight=False)
         sys.exit(exc.exit_code)
@@ -77,6 +79,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def settings() -> Settings:
@@ -277,8 +280,9 @@ def models_list(as_json: JsonOption = False) -> None:
         rows.append({
             "name": spec.name, "version": spec.version, "dim": spec.dim,
             "normalization": spec.normalization, "default": spec.name == cfg.model,
-            "status": registry.verify(spec, cfg),
-            "weights": str(registry.weight_path(spec, cfg)),
+            "status": (status := registry.verify(spec, cfg)).status,
+            "detail": status.detail,
+            "weights": str(status.path),
             "thresholds": registry.load_thresholds(spec, cfg),
         })
     if as_json:

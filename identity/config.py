@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     # --- clustering ------------------------------------------------------------------------
     cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
-        "components", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
+        "chinese_whispers", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
     )
     cluster_threshold: float = Field(
         0.5, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked."

@@ -319,6 +319,24 @@ def test_cluster_job_over_an_uploaded_collection(client, keys):
     assert all(len(set(g)) == 1 for g in groups)  # no cluster mixes the two people
 
 
+def test_cluster_job_over_the_stored_unassigned_faces(client, keys):
+    from identity.store import FacesToAdd
+
+    service = client.app.state.service
+    images = photos(PERSON_A)[:2] + photos(PERSON_B)[:2]
+    results = list(service.pipeline.process(images, select="largest"))
+    stored = service.store.add_faces([FacesToAdd(image=r) for r in results], model=service.model_info)
+    face_person = {o.face_ids[0]: Path(r.source).parent.name for o, r in zip(stored, results)}
+    created = client.post("/v1/jobs/cluster", json={}, headers=auth(keys["admin"]))
+    assert created.status_code == 202, created.text
+    job = wait_job(client, created.json()["job_id"], keys["read"])
+    assert job["status"] == "succeeded", job
+    clustered = [m["face_id"] for c in job["result"]["clusters"] for m in c]
+    assert set(clustered) | {m["face_id"] for m in job["result"]["unclustered"]} == set(face_person)
+    for cluster in job["result"]["clusters"]:
+        assert len({face_person[m["face_id"]] for m in cluster}) == 1
+
+
 # --- errors -------------------------------------------------------------------------------------------
 
 

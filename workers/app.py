@@ -36,7 +36,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_track_started=True,
         result_expires=24 * 3600,
-        broker_transport_options={"visibility_timeout": settings.task_visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.task_visibility_timeout,
+            # kombu sweeps for abandoned messages every interval × throttle seconds (100 s
+            # by default); one cheap ZRANGEBYSCORE per sweep, so sweep often enough that a
+            # dead worker's batch waits about the visibility timeout, not minutes more.
+            "unacked_restore_interval": max(1, min(10, settings.task_visibility_timeout // 2)),
+            "unacked_restore_throttle": 1,
+        },
         result_backend_transport_options={"visibility_timeout": settings.task_visibility_timeout},
         broker_connection_retry_on_startup=True,
     )

@@ -57,7 +57,13 @@ def dispatch_enrollment(
     outcomes: list[ItemOutcome] = []
 
     def collect() -> None:
-        done = _outcomes(pending.popleft().get(timeout=timeout, propagate=True))
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            raw = pending.popleft().get(timeout=timeout, propagate=True)
+        except CeleryTimeout:
+            raise ServiceUnavailableError(f"no worker finished the batch within {timeout} s") from None
+        done = _outcomes(raw)
         outcomes.extend(done)
         if on_progress is not None:
             on_progress(done)
@@ -71,9 +77,10 @@ def dispatch_enrollment(
     return outcomes
 
 
-def dispatch_batch(settings: Settings, batch: list[EnrollItem], *, largest_face: bool = False) -> list[ItemOutcome]:
+def dispatch_batch(settings: Settings, batch: list[EnrollItem], *, largest_face: bool = False,
+                   timeout: float | None = None) -> list[ItemOutcome]:
     """One batch through a worker, waiting for it (what `Service.enroll` calls per batch)."""
-    return dispatch_enrollment(settings, [batch], largest_face)
+    return dispatch_enrollment(settings, [batch], largest_face, timeout=timeout)
 
 
 def send_job_batch(settings: Settings, job_id: str, batch_no: int, batch: list[EnrollItem],

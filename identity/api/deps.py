@@ -15,8 +15,8 @@ def get_service(request: Request) -> Service:
 
 
 @contextmanager
-def model_call(request: Request, faces: int = 0):
-    """Serialise calls into the networks (see `service_lock`); counts embedded faces."""
+def model_call(request: Request):
+    """Serialise calls into the networks (see `service_lock`)."""
     with service_lock(request.app.state.service):
         yield
 

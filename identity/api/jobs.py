@@ -35,8 +35,12 @@ def start_enroll_job(
     elif settings.broker_url:
         from workers.dispatch import send_job_batch
 
-        for n, batch in enumerate(batches):
-            send_job_batch(settings, job_id, n, batch, largest_face)
+        try:
+            for n, batch in enumerate(batches):
+                send_job_batch(settings, job_id, n, batch, largest_face)
+        except IdentityError as exc:  # the broker went away: say so on the job, not only here
+            job_store.set_status(service.store, job_id, "failed", error=exc.message)
+            raise
     else:
         threading.Thread(target=_run_in_process, args=(service, job_id, batches, largest_face),
                          name=f"job-{job_id[:8]}", daemon=True).start()
@@ -123,8 +127,9 @@ def run_cluster_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict
                 "clusters": [[refs[i] for i in rows] for rows in clustered.members()],
                 "unclustered": [refs[i] for i in np.flatnonzero(clustered.labels < 0)],
             }
-        job_store.record_batch(service.store, job_id, 0, [])
+        # The result first: a reader who sees "succeeded" must find it there.
         job_store.set_status(service.store, job_id, "succeeded", result=result)
+        job_store.record_batch(service.store, job_id, 0, [])
         return {"clusters": len(result["clusters"])}
     except Exception as exc:
         log.exception("cluster job %s failed", job_id)

@@ -30,7 +30,7 @@ class ClusterParams:
     incremental assignment requires it. HDBSCAN finds its own (relative) density cut and
     uses the threshold only as an outlier floor (`detach_outliers`)."""
 
-    algorithm: Algorithm = "components"
+    algorithm: Algorithm = "chinese_whispers"
     threshold: float = 0.5
     k: int = 20
     min_cluster_size: int = 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
 
 from identity.api import jobs
 from identity.api.deps import count_faces, get_service, model_call
@@ -50,7 +50,8 @@ def enroll_images(
     if service.settings.broker_url:
         from workers.dispatch import dispatch_batch
 
-        outcomes = dispatch_batch(service.settings, items, largest_face=largest_face)
+        outcomes = dispatch_batch(service.settings, items, largest_face=largest_face,
+                                  timeout=service.settings.task_visibility_timeout)
     else:
         with model_call(request):
             outcomes = service.enroll_batch(items, largest_face=largest_face)
@@ -113,5 +114,12 @@ def cluster_upload(
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require("read"))])
-def get_job(job_id: str, service: Service = Depends(get_service)) -> JobOut:
-    return JobOut.of(job_store.get_job(service.store, job_id))
+def get_job(
+    job_id: str,
+    outcomes_offset: int = Query(0, ge=0, le=10_000_000),
+    outcomes_limit: int = Query(1000, ge=0, le=100_000, description="Per-file outcomes returned (counts cover all)"),
+    service: Service = Depends(get_service),
+) -> JobOut:
+    out = JobOut.of(job_store.get_job(service.store, job_id))
+    out.outcomes = out.outcomes[outcomes_offset: outcomes_offset + outcomes_limit]
+    return out

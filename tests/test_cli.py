@@ -1,0 +1,114 @@
+"""The `identity` command line, run as a user runs it: a subprocess, real files,
+exit codes checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import MISC_DIR, MODELS_DIR
+
+LABELED = MISC_DIR / "small_labeled"
+
+
+@pytest.fixture(scope="module")
+def env(model_settings, tmp_path_factory) -> dict[str, str]:
+    return {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR),
+            "IDENTITY_CACHE_DIR": str(model_settings.cache_dir), "IDENTITY_DEVICE": "cpu",
+            "IDENTITY_DATA_DIR": str(tmp_path_factory.mktemp("cli-data"))}
+
+
+def identity(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_commands(env):
+    result = identity("--help", env=env)
+    assert result.returncode == 0
+    for command in ("detect", "embed", "verify", "enroll", "search", "persons", "models"):
+        assert command in result.stdout
+
+
+def test_verify_same_person_exits_0_and_different_exits_1(env):
+    same = identity("verify", str(LABELED / "biden" / "biden.jpg"),
+                    str(LABELED / "biden" / "biden2.jpg"), "--json", env=env)
+    assert same.returncode == 0, same.stderr
+    body = json.loads(same.stdout)
+    assert body["same"] is True and body["similarity"] > body["threshold"]
+    assert body["distance"] == pytest.approx(np.sqrt(2 - 2 * body["similarity"]), abs=1e-3)
+
+    different = identity("verify", str(LABELED / "biden" / "biden.jpg"),
+                         str(LABELED / "obama" / "obama2.jpg"), env=env)
+    assert different.returncode == 1, different.stderr
+    assert "DIFFERENT" in different.stdout
+
+
+def test_verify_bad_input_exits_2_naming_the_file(env, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    result = identity("verify", str(broken), str(LABELED / "biden" / "biden.jpg"), env=env)
+    assert result.returncode == 2
+    assert "broken.jpg" in result.stderr and "not a recognised image" in result.stderr
+
+    no_face = identity("verify", str(MISC_DIR / "nonface" / "skimage_coffee.png"),
+                       str(LABELED / "biden" / "biden.jpg"), env=env)
+    assert no_face.returncode == 2 and "no face" in no_face.stderr
+
+
+def test_missing_weights_exit_3_and_say_how_to_get_them(env, tmp_path):
+    result = identity("verify", str(LABELED / "biden" / "biden.jpg"),
+                      str(LABELED / "biden" / "biden2.jpg"),
+                      env={**env, "IDENTITY_MODELS_DIR": str(tmp_path)})
+    assert result.returncode == 3
+    assert "identity models fetch facenet-keras-128" in result.stderr
+
+
+def test_detect_reports_faces_and_draws_them(env, tmp_path):
+    target = tmp_path / "annotated.png"
+    photo = MISC_DIR / "group" / "fr_kit_with_rose.jpg"
+    result = identity("detect", str(photo), "--json", "--draw", str(target), env=env)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert len(record["faces"]) == 2
+    assert all(len(f["landmarks"]) == 5 and f["probability"] > 0.95 for f in record["faces"])
+    drawn = np.asarray(Image.open(target).convert("RGB"))
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    assert drawn.shape == original.shape and (drawn != original).any()
+
+
+def test_detect_skips_unreadable_files_and_goes_on(env, tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    result = identity("detect", str(tmp_path / "zero.jpg"),
+                      str(MISC_DIR / "single_face" / "skimage_astronaut.png"), "--json", env=env)
+    assert result.returncode == 0
+    records = json.loads(result.stdout)
+    assert records[0]["error"]["code"] == "unreadable_image"
+    assert len(records[1]["faces"]) == 1
+
+
+def test_embed_writes_vectors_and_a_row_description(env, tmp_path):
+    target = tmp_path / "vectors.npy"
+    result = identity("embed", str(MISC_DIR / "group"), "--out", str(target), env=env)
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(target)
+    rows = json.loads(target.with_suffix(".json").read_text())
+    assert vectors.shape == (13, 128) and len(rows["rows"]) == 13  # 6 + 2 + 3 + 2 faces
+    assert rows["model"] == "facenet-keras-128"
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_models_list_shows_the_default_and_its_weights(env):
+    result = identity("models", "list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)}
+    assert models["facenet-keras-128"]["default"] is True
+    assert models["facenet-keras-128"]["dim"] == 128
+    assert set(models["facenet-keras-128"]["thresholds"]) == {"loose", "normal", "strict"}
+    assert {"facenet-vggface2-512", "facenet-casia-512"} <= set(models)
