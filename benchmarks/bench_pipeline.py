@@ -8,7 +8,9 @@ The naive loop is what a facenet-pytorch tutorial does: `MTCNN(...)(image)` then
 `resnet(crop.unsqueeze(0))`, one image at a time. The pipeline is `FacePipeline.process`
 (threaded decode, size-bucketed MTCNN batches, batched embedding). The naive loop is timed
 on the first `--naive-limit` images, and so is the pipeline on the very same images, for
-the ratio; the pipeline then also runs over all images (and with flip, the default).
+the ratio, alternating chunk by chunk so both see the same machine load (this machine is
+shared and its load swings by minutes). The pipeline then also runs over all images,
+without and with flip (the default).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]
     from facenet_pytorch import MTCNN
     from facenet_pytorch.models.mtcnn import prewhiten
 
-    mtcnn = MTCNN(image_size=160, margin=32, post_process=False, device="cpu")
+    mtcnn = MTCNN(image_size=160, margin=32, post_process=False, device=next(network.parameters()).device)
     faces = 0
     start = time.perf_counter()
     for path in paths:
@@ -42,7 +44,7 @@ def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]
         if crop is None:
             continue
         with torch.inference_mode():
-            network(prewhiten(crop.float()).unsqueeze(0))
+            network(prewhiten(crop.float()).unsqueeze(0).to(next(network.parameters()).device))
         faces += 1
     return time.perf_counter() - start, faces
 
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=SHARED / "models")
     parser.add_argument("--limit", type=int, default=None, help="images for the full pipeline run")
     parser.add_argument("--naive-limit", type=int, default=400)
+    parser.add_argument("--chunk", type=int, default=64, help="images per alternation")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -71,9 +74,15 @@ def main() -> None:
     plain = FacePipeline(Settings(**base, flip=False))
     list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
 
-    naive_s, naive_faces = naive_loop(subset, plain.embedder.network)
-    # The same images, the same work (one face per image, no flip), in the same run.
-    same_s, _, same_faces = pipeline_run(plain, subset, select="central")
+    # The same images, the same work (one face per image, no flip), interleaved.
+    naive_s = same_s = 0.0
+    naive_faces = same_faces = 0
+    for start in range(0, len(subset), args.chunk):
+        chunk = subset[start : start + args.chunk]
+        seconds, faces = naive_loop(chunk, plain.embedder.network)
+        naive_s, naive_faces = naive_s + seconds, naive_faces + faces
+        seconds, _, faces = pipeline_run(plain, chunk, select="central")
+        same_s, same_faces = same_s + seconds, same_faces + faces
     full_s, full_images, full_faces = pipeline_run(plain, paths, select="all")
     flipped = FacePipeline(Settings(**base, flip=True))
     flip_s, flip_images, flip_faces = pipeline_run(flipped, paths, select="all")
