@@ -112,3 +112,40 @@ def test_models_list_shows_the_default_and_its_weights(env):
     assert models["facenet-keras-128"]["dim"] == 128
     assert set(models["facenet-keras-128"]["thresholds"]) == {"loose", "normal", "strict"}
     assert {"facenet-vggface2-512", "facenet-casia-512"} <= set(models)
+
+
+def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_env, tmp_path):
+    import pyarrow.parquet as pq
+
+    env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"]}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,person,display_name\n"
+        f"{LABELED / 'biden' / 'biden.jpg'},biden,Joe Biden\n"
+        f"{LABELED / 'biden' / 'biden2.jpg'},joe,\n"
+        f"{LABELED / 'obama' / 'obama2.jpg'},obama,\n"
+    )
+    enrolled = identity("enroll", str(manifest), "--json", env=env)
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert json.loads(enrolled.stdout)["enrolled"] == 3
+
+    assert identity("persons", "rename", "obama", "Barack Obama", env=env).returncode == 0
+    merged = identity("persons", "merge", "biden", "joe", env=env)
+    assert merged.returncode == 0 and "1 face(s) moved" in merged.stdout
+    shown = json.loads(identity("persons", "show", "joe", "--json", env=env).stdout)
+    assert shown["external_id"] == "biden" and shown["aliases"] == ["joe"] and shown["faces"] == 2
+
+    listed = json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]
+    assert {p["external_id"]: p["display_name"] for p in listed} == {
+        "biden": "Joe Biden", "obama": "Barack Obama"}
+
+    missing = identity("persons", "show", "nobody", env=env)
+    assert missing.returncode == 5 and "nobody" in missing.stderr
+
+    deleted = identity("persons", "delete", "obama", "--yes", env=env)
+    assert deleted.returncode == 0 and "1 face(s)" in deleted.stdout
+
+    exported = identity("export", "--out", str(tmp_path / "dump"), env=env)
+    assert exported.returncode == 0, exported.stderr
+    faces = pq.read_table(next((tmp_path / "dump").glob("faces*.parquet"))).to_pylist()
+    assert len(faces) == 2
