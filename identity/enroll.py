@@ -216,49 +216,66 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+Runner = Callable[[Iterable[list[EnrollItem]], Callable[[list[ItemOutcome]], None]], None]
+
+
+def in_process(process: Callable[[list[EnrollItem]], list[ItemOutcome]]) -> Runner:
+    """A runner that processes batches one after another in this process."""
+
+    def runner(batches: Iterable[list[EnrollItem]], done: Callable[[list[ItemOutcome]], None]) -> None:
+        for batch in batches:
+            done(process(batch))
+
+    return runner
+
+
 def run(
     items: Iterable[EnrollItem | ItemOutcome],
     *,
-    process: Callable[[list[EnrollItem]], list[ItemOutcome]],
+    runner: Runner,
     batch_size: int,
     report: Path | None = None,
     on_progress: Callable[[list[ItemOutcome]], None] | None = None,
 ) -> EnrollSummary:
-    """Drive batches through `process` (in-process `enroll_batch`, or a dispatch to
-    workers), counting outcomes and appending every non-enrolled one to `report` (CSV)
-    as it happens, so an interrupted job still leaves its report behind."""
+    """Cut `items` into batches and hand them to `runner` (in-process, or the Celery
+    dispatcher that keeps many batches in flight), counting outcomes and appending every
+    non-enrolled one to `report` (CSV) as it arrives, so an interrupted job still leaves
+    its report behind."""
     summary = EnrollSummary(report=report)
     start = time.perf_counter()
-    writer = None
     handle = None
+    writer = None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         handle = report.open("w", newline="", encoding="utf-8")
         writer = csv.writer(handle)
         writer.writerow(["source", "person", "status", "reason"])
-    try:
+
+    def done(outcomes: list[ItemOutcome]) -> None:
+        summary.counts.update(o.status for o in outcomes)
+        if writer is not None:
+            for o in outcomes:
+                if o.status != "enrolled":
+                    writer.writerow([o.source, o.person, o.status, o.reason or ""])
+            handle.flush()  # type: ignore[union-attr]
+        if on_progress is not None:
+            on_progress(outcomes)
+
+    def batches() -> Iterator[list[EnrollItem]]:
         pending: list[EnrollItem] = []
-
-        def flush(outcomes: list[ItemOutcome]) -> None:
-            summary.counts.update(o.status for o in outcomes)
-            if writer is not None:
-                for o in outcomes:
-                    if o.status != "enrolled":
-                        writer.writerow([o.source, o.person, o.status, o.reason or ""])
-                handle.flush()  # type: ignore[union-attr]
-            if on_progress is not None:
-                on_progress(outcomes)
-
         for item in items:
-            if isinstance(item, ItemOutcome):  # already decided while planning
-                flush([item])
-                continue
-            pending.append(item)
-            if len(pending) >= batch_size:
-                flush(process(pending))
-                pending = []
+            if isinstance(item, ItemOutcome):  # decided while planning (a bad manifest line)
+                done([item])
+            else:
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    yield pending
+                    pending = []
         if pending:
-            flush(process(pending))
+            yield pending
+
+    try:
+        runner(batches(), done)
     finally:
         summary.seconds = time.perf_counter() - start
         if handle is not None:

@@ -232,15 +232,14 @@ class Service:
         from identity import enroll
 
         if self.settings.broker_url:
-            from workers.dispatch import dispatch_batch
+            from workers.dispatch import dispatch_enrollment
 
-            def process(batch):
-                return dispatch_batch(self.settings, batch, largest_face=largest_face)
+            def runner(batches, done) -> None:
+                dispatch_enrollment(self.settings, batches, largest_face, on_progress=done)
         else:
-            def process(batch):
-                return self.enroll_batch(batch, largest_face=largest_face)
+            runner = enroll.in_process(lambda batch: self.enroll_batch(batch, largest_face=largest_face))
 
-        return enroll.run(items, process=process, batch_size=self.settings.batch_size,
+        return enroll.run(items, runner=runner, batch_size=self.settings.batch_size,
                           report=report, on_progress=on_progress)
 
     # --- search ---------------------------------------------------------------------------------

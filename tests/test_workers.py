@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import LFW_DIR, ROOT
 from fastapi.testclient import TestClient
 
-from conftest import LFW_DIR, ROOT
 from identity.api import create_app
 from identity.enroll import EnrollItem
 from identity.service import Service
@@ -165,6 +165,8 @@ def test_enroll_through_the_api_on_a_worker_then_search_finds_the_person(client,
                         files=[("image", (probe.name, probe.read_bytes(), "image/jpeg"))]).json()
     assert found["faces"][0]["matches"][0]["external_id"] == "roddick"
     assert worker.text().count("worker: models loaded") == 1  # once per process, not per task
+    ready = client.get("/readyz").json()["checks"]
+    assert ready["broker"] == {"ok": True, "queue_depth": 0}
 
 
 def test_service_enroll_sends_batches_to_the_workers(settings, client, workers):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from identity.config import get_settings
 from identity.enroll import EnrollItem
 from identity.errors import ServiceUnavailableError
-from identity.config import get_settings
 from workers import runtime
 from workers.app import app
 

@@ -63,9 +63,7 @@ def confined_directory_items(directory: Path, roots: list[Path]) -> tuple[list[E
     """The directory's items, minus files whose real path leaves the allowed roots (a
     symlink inside an allowed folder pointing elsewhere)."""
     from identity.api.limits import confine
-    from identity.errors import PathNotAllowedError
-
-    from identity.errors import InputError
+    from identity.errors import InputError, PathNotAllowedError
 
     items, refused = [], []
     try:

@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, 
 from identity.api import jobs
 from identity.api.deps import count_faces, get_service, model_call
 from identity.api.limits import confine
-from identity.api.schemas import ClusterJobIn, DirectoryJobIn, EnrollOut, ItemOutcomeOut, JobCreated, JobOut
+from identity.api.schemas import (
+    ClusterJobIn,
+    DirectoryJobIn,
+    EnrollOut,
+    ItemOutcomeOut,
+    JobCreated,
+    JobOut,
+)
 from identity.api.security import require
 from identity.api.uploads import extract_archive, read_uploads, spool
 from identity.enroll import EnrollItem

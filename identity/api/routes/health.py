@@ -49,6 +49,13 @@ def readiness(app) -> dict[str, dict]:
                            "watermark": status.watermark, "lag": status.lag}
     else:
         checks["index"] = {"ok": False, "faces": 0}
+    if service.settings.broker_url:
+        # Jobs and broker-mode enrollment need it; search does not, but a deployment
+        # with a broker configured and unreachable is not one to send traffic to.
+        from identity.api.metrics import queue_depth
+
+        depth = queue_depth(service.settings)
+        checks["broker"] = {"ok": depth is not None, "queue_depth": depth}
     if app.state.warm_error:
         checks["startup"] = {"ok": False, "error": app.state.warm_error}
     return checks

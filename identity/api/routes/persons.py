@@ -7,7 +7,15 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends, Query, status
 
 from identity.api.deps import get_service
-from identity.api.schemas import DeleteOut, MergeIn, MergeOut, PersonCreate, PersonOut, PersonPageOut, PersonUpdate
+from identity.api.schemas import (
+    DeleteOut,
+    MergeIn,
+    MergeOut,
+    PersonCreate,
+    PersonOut,
+    PersonPageOut,
+    PersonUpdate,
+)
 from identity.api.security import require
 from identity.service import Service
 

@@ -7,8 +7,16 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from identity.api.deps import count_faces, get_service, model_call
 from identity.api.schemas import (
-    DetectImageOut, DetectOut, EmbeddingQuery, EmbeddingSearchOut, ErrorBody, FaceOut,
-    FaceSearchOut, Level, SearchOut, VerifyOut,
+    DetectImageOut,
+    DetectOut,
+    EmbeddingQuery,
+    EmbeddingSearchOut,
+    ErrorBody,
+    FaceOut,
+    FaceSearchOut,
+    Level,
+    SearchOut,
+    VerifyOut,
 )
 from identity.api.security import require
 from identity.api.uploads import read_uploads
