@@ -42,10 +42,12 @@ models_app = typer.Typer(help="List and fetch embedding models.", no_args_is_hel
 persons_app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.", no_args_is_help=True)
 index_app = typer.Typer(help="The FAISS search index mirrored from PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="The PostgreSQL database.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the HTTP API: create, list, revoke.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(persons_app, name="persons")
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 # soft_wrap: long paths and messages stay on one line, so they can be grepped and parsed.
 out = Console(soft_wrap=True)
@@ -544,6 +546,71 @@ def db_upgrade() -> None:
 
     applied = upgrade(settings())
     out.print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+# --- the HTTP API --------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Default: IDENTITY_API_HOST (127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Default: IDENTITY_API_PORT (8000).")] = None,
+) -> None:
+    """Run the HTTP API (OpenAPI docs at /docs). Work runs in-process unless
+    IDENTITY_BROKER_URL names a Redis broker with Celery workers attached."""
+    from identity.api import serve as run_server
+
+    update = {k: v for k, v in (("api_host", host), ("api_port", port)) if v is not None}
+    run_server(settings().model_copy(update=update))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    scope: Annotated[list[str], typer.Option(
+        "--scope", help="read, enroll or admin (repeatable; admin includes enroll includes read).")] = ["read"],
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key. The secret is printed once and stored only as a hash."""
+    from identity.store.keys import create_key
+
+    with store() as db:
+        key_id, secret = create_key(db, name, scope)
+    if as_json:
+        dump({"key_id": key_id, "key": secret, "scopes": scope})
+    else:
+        out.print(f"key id {key_id} ({', '.join(scope)}); the key, shown only now:\n{secret}")
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOption = False) -> None:
+    """Keys with their scopes, last use and revocation (never the secrets)."""
+    from identity.store.keys import list_keys
+
+    with store() as db:
+        keys = list_keys(db)
+    rows = [{"key_id": k.key_id, "name": k.name, "scopes": list(k.scopes),
+             "created_at": k.created_at.isoformat(),
+             "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
+    if as_json:
+        dump(rows)
+        return
+    table = Table("key id", "name", "scopes", "last used", "revoked")
+    for r in rows:
+        table.add_row(r["key_id"], r["name"], ",".join(r["scopes"]), r["last_used_at"] or "",
+                      r["revoked_at"] or "")
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument()]) -> None:
+    """Revoke a key; requests with it fail from the next one on."""
+    from identity.store.keys import revoke_key
+
+    with store() as db:
+        key = revoke_key(db, key_id)
+    out.print(f"revoked {key.key_id} ({key.name})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -149,3 +149,17 @@ def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_e
     assert exported.returncode == 0, exported.stderr
     faces = pq.read_table(next((tmp_path / "dump").glob("faces*.parquet"))).to_pylist()
     assert len(faces) == 2
+
+
+def test_api_keys_are_created_listed_and_revoked(env, store_env):
+    env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"]}
+    created = identity("keys", "create", "ci", "--scope", "enroll", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith(f"idk_{key['key_id']}_")
+    listed = json.loads(identity("keys", "list", "--json", env=env).stdout)
+    assert [(k["key_id"], k["scopes"], k["revoked_at"]) for k in listed] == [
+        (key["key_id"], ["enroll"], None)]
+    assert key["key"] not in identity("keys", "list", env=env).stdout
+    assert identity("keys", "revoke", key["key_id"], env=env).returncode == 0
+    assert json.loads(identity("keys", "list", "--json", env=env).stdout)[0]["revoked_at"]
