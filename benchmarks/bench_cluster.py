@@ -81,13 +81,13 @@ def primary_faces(faces, image_size: float = 250.0) -> np.ndarray:
     return subject_faces(faces.boxes, faces.image_index, sizes)
 
 
+THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8)
 GRID: dict[str, list[dict]] = {
-    "components": [{"threshold": t} for t in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)],
-    "chinese_whispers": [{"threshold": t} for t in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)],
-    "dbscan": [{"threshold": t, "min_samples": m} for t in (0.4, 0.45, 0.5, 0.55, 0.6) for m in (2, 3)],
+    "components": [{"threshold": t} for t in THRESHOLDS],
+    "chinese_whispers": [{"threshold": t} for t in THRESHOLDS],
+    "dbscan": [{"threshold": t, "min_samples": m} for t in THRESHOLDS for m in (2, 3)],
     "hdbscan": [
-        {"threshold": t, "min_cluster_size": c, "min_samples": m}
-        for t in (0.3, 0.45) for c in (2, 3) for m in (1, 2, 3)
+        {"threshold": t, "min_cluster_size": 2, "min_samples": m} for t in (0.5, 0.6, 0.7) for m in (1, 2)
     ],
 }
 

@@ -42,12 +42,15 @@ models_app = typer.Typer(help="List and fetch embedding models.", no_args_is_hel
 persons_app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.", no_args_is_help=True)
 index_app = typer.Typer(help="The FAISS search index mirrored from PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="The PostgreSQL database.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Measure accuracy: LFW protocol, identification, clustering.",
+                           no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the HTTP API: create, list, revoke.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(persons_app, name="persons")
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(evaluate_app, name="evaluate")
 
 # soft_wrap: long paths and messages stay on one line, so they can be grepped and parsed.
 out = Console(soft_wrap=True)
@@ -546,6 +549,172 @@ def db_upgrade() -> None:
 
     applied = upgrade(settings())
     out.print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+# --- clustering -----------------------------------------------------------------------------
+
+Algorithm = Annotated[Optional[str], typer.Option(
+    help="hdbscan (default), chinese_whispers, components or dbscan.")]
+Threshold = Annotated[Optional[float], typer.Option(
+    help="Cosine similarity: edge cut for graph methods, eps for DBSCAN, outlier floor for HDBSCAN.")]
+
+
+def cluster_params(algorithm: str | None, threshold: float | None):
+    from identity.cluster import ALGORITHMS, ClusterParams
+
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise typer.BadParameter(f"choose one of {', '.join(ALGORITHMS)}", param_hint="--algorithm")
+    overrides = {k: v for k, v in (("algorithm", algorithm), ("threshold", threshold)) if v is not None}
+    return ClusterParams.from_settings(settings(), **overrides)
+
+
+def clustered(images: list[Path], params, *, keep_crops: bool = False):
+    from identity.files import expand_images
+
+    paths = list(expand_images(images))
+    with service() as svc, progress() as bar:
+        task = bar.add_task("embedding", total=len(paths), rate="")
+        return svc.cluster_images(paths, params=params, keep_crops=keep_crops,
+                                  on_image=lambda _: bar.advance(task))
+
+
+@app.command()
+def cluster(
+    images: Images,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where clusters.json, folders and sheets go.")],
+    algorithm: Algorithm = None,
+    threshold: Threshold = None,
+    folders: Annotated[str, typer.Option(
+        help="A folder per cluster with face 'crops', 'links' to the originals, or 'none'.")] = "crops",
+    sheets: Annotated[bool, typer.Option(help="A contact-sheet PNG per cluster.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Group the faces of unlabelled photos into people. Two faces of one photo never share
+    a cluster; outliers and low-quality faces stay unclustered, with the reason."""
+    from identity.cluster.output import write_cluster_folders, write_contact_sheets, write_json
+
+    if folders not in ("crops", "links", "none"):
+        raise typer.BadParameter("choose crops, links or none", param_hint="--folders")
+    params = cluster_params(algorithm, threshold)
+    faces, result = clustered(images, params, keep_crops=folders == "crops" or sheets)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = write_json(result, faces, out_dir / "clusters.json")
+    if folders != "none":
+        write_cluster_folders(result, faces, out_dir, mode=folders)
+    if sheets:
+        write_contact_sheets(result, faces, out_dir / "sheets")
+    unclustered = int((result.labels < 0).sum())
+    summary = {"faces": len(faces), "photos": len(faces.sources), "clusters": result.n_clusters,
+               "unclustered": unclustered, "algorithm": params.algorithm, "out": str(written)}
+    if as_json:
+        dump(summary)
+    else:
+        out.print(f"{summary['faces']} face(s) in {summary['photos']} photo(s) → "
+                  f"{result.n_clusters} cluster(s), {unclustered} unclustered; {written}")
+
+
+# --- evaluation and calibration -------------------------------------------------------------
+
+
+def image_progress(bar, total: int, label: str):
+    task = bar.add_task(label, total=total, rate="")
+    return lambda n=1: bar.advance(task, n)
+
+
+@evaluate_app.command("lfw")
+def evaluate_lfw(
+    directory: Annotated[Path, typer.Option("--dir", help="LFW images: DIR/<Name>/<Name>_0001.jpg.")],
+    pairs: Annotated[Path, typer.Option(help="pairs.txt (10 folds) or a View 1 list (pairsDevTrain.txt).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write lfw_report.json and lfw_roc.png here.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """facenet's LFW protocol through this pipeline: 10-fold accuracy, VAL@FAR=1e-3, AUC, EER."""
+    from identity.evaluate.runner import load_pairs, run_lfw
+
+    count = len(load_pairs(directory, pairs).unique_paths())
+    with service() as svc, progress() as bar:
+        report = run_lfw(svc.pipeline, directory, pairs, out_dir=out_dir,
+                         progress=image_progress(bar, count, "embedding"))
+    data = report.to_dict()
+    if as_json:
+        dump(data)
+        return
+    m = report.metrics
+    out.print(f"{report.model} ({report.alignment}{', flip' if report.flip else ''}) on {pairs.name}: "
+              f"accuracy {m.accuracy_mean:.4f} ± {m.accuracy_std:.4f}, "
+              f"VAL@FAR={m.far_target:g} {m.val_mean:.4f} ± {m.val_std:.4f}, "
+              f"AUC {m.auc:.4f}, EER {m.eer:.4f}")
+    out.print(f"{report.n_images} images, {report.n_no_face} without a face ({report.fallback})")
+    if out_dir:
+        out.print(f"report and ROC curve in {out_dir}")
+
+
+@evaluate_app.command("identify")
+def evaluate_identify(
+    directory: Annotated[Path, typer.Option("--dir", help="DIR/<person>/<image>.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write the JSON report here.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Gallery: first photo of each person with two or more; probes: their other photos, plus
+    people seen once as impostors. Rank-1/5 and open-set DIR at FAR 1e-2."""
+    from identity.evaluate.runner import run_identify
+
+    count = sum(1 for _ in directory.glob("*/*"))
+    with service() as svc, progress() as bar:
+        report = run_identify(svc.pipeline, directory, out_dir=out_dir,
+                              progress=image_progress(bar, count, "embedding"))
+    dump(report.to_dict()) if as_json else out.print(report.to_dict())
+
+
+@evaluate_app.command("clusters")
+def evaluate_clusters(
+    directory: Annotated[Path, typer.Argument(help="DIR/<person>/<image>: folder names are the truth.")],
+    algorithm: Algorithm = None,
+    threshold: Threshold = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cluster the photos as if unlabelled, then score against the folder names: pairwise and
+    BCubed precision/recall/F1, clusters vs identities, fraction unclustered."""
+    from identity.cluster.metrics import folder_metrics
+
+    from identity.enroll import items_from_directory
+
+    params = cluster_params(algorithm, threshold)
+    # The same layout as enrollment: `_`/`.` folders (probes, hidden) are not people.
+    photos = [Path(item.source) for item in items_from_directory(directory)]
+    faces, result = clustered(photos, params)
+    metrics = folder_metrics(faces, result).to_dict()
+    if as_json:
+        dump({"algorithm": params.algorithm, "threshold": params.threshold, **metrics})
+        return
+    for key, value in metrics.items():
+        out.print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}")
+
+
+@app.command()
+def calibrate(
+    directory: Annotated[Path, typer.Option("--dir", help="Labelled images (LFW layout).")],
+    pairs: Annotated[Path, typer.Option(help="The pairs file naming the images to use.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Similarity thresholds for false-accept rates 1e-2 (loose), 1e-3 (normal) and 1e-4
+    (strict), from every cross-identity pair; stored with the model version and used by
+    verify and search from then on."""
+    from identity.evaluate.runner import load_pairs, run_calibration
+
+    count = len(load_pairs(directory, pairs).unique_paths())
+    with service() as svc, progress() as bar:
+        report = run_calibration(svc.pipeline, directory, pairs,
+                                 progress=image_progress(bar, count, "embedding"))
+    if as_json:
+        dump(report.to_dict())
+        return
+    table = Table("level", "target FAR", "similarity ≥", "impostor pairs", "same-person accepted")
+    for name, lt in report.levels.items():
+        table.add_row(name, f"{lt.far:g}", f"{lt.similarity:.4f}", f"{lt.n_impostor:,}",
+                      f"{lt.genuine_accept_rate:.4f}")
+    out.print(table)
+    out.print(f"stored in {report.path}")
 
 
 # --- the HTTP API --------------------------------------------------------------------------

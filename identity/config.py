@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         64_000_000, description="Images declaring more pixels are refused (decompression-bomb guard)."
     )
     alignment: Literal["crop", "similarity"] = Field(
-        "crop", description="'crop': facenet's margin crop; 'similarity': 5-landmark similarity transform."
+        "similarity",
+        description="'similarity': 5-landmark similarity transform (the default: best on lfw-dev, "
+        "BENCHMARKS.md); 'crop': facenet's margin crop.",
     )
     margin: int = Field(32, ge=0, description="Crop margin in output-crop pixels (facenet-pytorch semantics, scale-invariant).")
     flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
@@ -103,11 +105,13 @@ class Settings(BaseSettings):
 
     # --- clustering ------------------------------------------------------------------------
     cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
-        "chinese_whispers", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
+        "hdbscan", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
     )
     cluster_threshold: float = Field(
-        0.5, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked."
+        0.65, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked "
+        "(HDBSCAN: the least similarity a face needs to a cluster-mate)."
     )
+    cluster_min_samples: int = Field(1, ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")
     cluster_k: int = Field(20, ge=2, le=1000, description="Neighbours per face in the kNN graph.")
     cluster_min_size: int = Field(2, ge=1, description="Smaller groups are reported as unclustered.")
     cluster_min_face_size: float = Field(0.0, ge=0, description="Skip faces whose box is shorter (px); 0 = off.")

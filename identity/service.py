@@ -253,7 +253,7 @@ class Service:
 
         level = level or self.settings.threshold_level
         threshold = self.thresholds()[level]
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.model_info.dim)
+        vectors = self._query_vectors(vectors)
         person_ids = None if persons is None else [self.store.get_person(p).id for p in persons]
         results, _ = search_any(self.index, self.store, self.model_info, vectors,
                                 k or self.settings.search_k, threshold, persons=person_ids)
@@ -273,6 +273,26 @@ class Service:
             for r in results
         ]
 
+    def _query_vectors(self, vectors) -> np.ndarray:
+        """Validate query embeddings from outside (the API accepts them) and normalise them."""
+        dim = self.model_info.dim
+        if isinstance(vectors, np.ndarray):
+            rows = list(vectors.reshape(1, -1) if vectors.ndim == 1 else vectors)
+        else:  # lists from a request body may be ragged: check before numpy sees them
+            rows = list(vectors)
+            if rows and not hasattr(rows[0], "__len__"):
+                rows = [rows]
+        if not rows or any(not hasattr(v, "__len__") or len(v) != dim for v in rows):
+            raise InputError(f"each query vector must have {dim} numbers (model {self.model_info.name})")
+        with np.errstate(over="ignore"):
+            matrix = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(matrix).all():
+            raise InputError("query vectors must be finite numbers")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InputError("a zero vector has no direction to search")
+        return matrix / norms
+
     def search_image(
         self, ref: ImageRef | str | Path, *, k: int | None = None, level: str | None = None,
         persons: Iterable[int | str] | None = None,
@@ -287,3 +307,25 @@ class Service:
         found = self.search_embeddings(vectors, k=k, level=level, persons=persons)
         return [FaceSearch(face, hit.matches, hit.nearest_similarity, hit.threshold)
                 for face, hit in zip(result.faces, found)]
+
+    # --- clustering -------------------------------------------------------------------------
+
+    def cluster_images(self, refs: Iterable[ImageRef | str | Path], *, params=None,
+                       keep_crops: bool = False, on_image=None):
+        """Detect and embed every face of every photo, then group the faces into people.
+        Returns the `FaceSet` (one row per face) and the `ClusterResult`."""
+        from identity.cluster import ClusterParams, FaceSet, cluster_faces
+
+        params = params or ClusterParams.from_settings(self.settings)
+
+        def results():
+            # Crops are kept through the pipeline so the quality filter can measure blur.
+            for result in self.pipeline.process(refs, keep_crops=True):
+                if on_image is not None:
+                    on_image(result)
+                yield result
+
+        faces = FaceSet.from_results(results(), keep_crops=keep_crops)
+        if len(faces) == 0:
+            raise NoFaceError("no face found in any of the photos")
+        return faces, cluster_faces(faces, params)

@@ -163,3 +163,74 @@ def test_api_keys_are_created_listed_and_revoked(env, store_env):
     assert key["key"] not in identity("keys", "list", env=env).stdout
     assert identity("keys", "revoke", key["key_id"], env=env).returncode == 0
     assert json.loads(identity("keys", "list", "--json", env=env).stdout)[0]["revoked_at"]
+
+
+def small_pairs_file(tmp_path, per_kind: int = 12):
+    """The first `per_kind` same and different pairs of lfw-dev's View 1 list."""
+    from conftest import LFW_DIR
+
+    lines = (LFW_DIR / "pairsDevTrain.txt").read_text().splitlines()
+    same, different = lines[1:1101], lines[1101:2201]
+    target = tmp_path / "pairs.txt"
+    target.write_text("\n".join([str(per_kind)] + same[:per_kind] + different[:per_kind]) + "\n")
+    return target
+
+
+def test_evaluate_lfw_reports_accuracy_and_writes_the_roc_curve(env, tmp_path):
+    from conftest import LFW_DIR
+
+    result = identity("evaluate", "lfw", "--dir", str(LFW_DIR), "--pairs", str(small_pairs_file(tmp_path)),
+                      "--out", str(tmp_path / "report"), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metrics"]["n_pairs"] == 24
+    assert report["metrics"]["accuracy_mean"] >= 0.9
+    assert report["n_no_face"] == 0
+    assert (tmp_path / "report" / "lfw_roc.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "report" / "lfw_report.json").read_text())["model"] == "facenet-keras-128"
+
+
+def test_calibrate_stores_thresholds_that_verify_then_uses(env, tmp_path):
+    from conftest import LFW_DIR
+
+    env = {**env, "IDENTITY_DATA_DIR": str(tmp_path / "data")}
+    result = identity("calibrate", "--dir", str(LFW_DIR), "--pairs", str(small_pairs_file(tmp_path)),
+                      "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    levels = {name: level["similarity"] for name, level in json.loads(result.stdout)["levels"].items()}
+    assert levels["loose"] <= levels["normal"] <= levels["strict"]
+    listed = json.loads(identity("models", "list", "--json", env=env).stdout)
+    (default,) = [m for m in listed if m["default"]]
+    assert default["thresholds"] == pytest.approx(levels, abs=1e-6)
+    verified = json.loads(identity("verify", str(LABELED / "biden" / "biden.jpg"),
+                                   str(LABELED / "biden" / "biden2.jpg"), "--json", env=env).stdout)
+    assert verified["threshold"] == pytest.approx(levels["normal"], abs=1e-5)  # printed to 5 places
+
+
+def test_cluster_writes_json_folders_and_sheets_and_keeps_photo_mates_apart(env, tmp_path):
+    out_dir = tmp_path / "clusters"
+    result = identity("cluster", str(MISC_DIR / "group"), str(LABELED / "obama"), str(LABELED / "biden"),
+                      "--out", str(out_dir), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["faces"] == 13 + 5 + 2 and summary["clusters"] >= 2
+    report = json.loads((out_dir / "clusters.json").read_text())
+    for members in report["clusters"]:
+        photos = [face["image"] for face in members["faces"]]
+        assert len(photos) == len(set(photos)), "two faces of one photo share a cluster"
+    obama = [c for c in report["clusters"]
+             if any("/obama/" in face["image"] for face in c["faces"])]
+    assert obama and all("/biden/" not in face["image"] for c in obama for face in c["faces"])
+    assert len(list((out_dir / "sheets").glob("*.png"))) == summary["clusters"]
+    assert len([p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("cluster_")]) == summary["clusters"]
+
+
+def test_evaluate_clusters_scores_against_folder_names(env):
+    result = identity("evaluate", "clusters", str(LABELED), "--algorithm", "chinese_whispers", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["algorithm"] == "chinese_whispers"
+    for key in ("bcubed_precision", "bcubed_recall", "bcubed_f1", "pairwise_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert (metrics["n_faces"], metrics["n_identities"]) == (17, 10)  # one subject face per photo
+    assert metrics["n_clusters"] >= 1

@@ -19,7 +19,11 @@ from identity.cluster import (
     relabel_by_size,
     split_same_photo,
 )
-from identity.cluster import algorithms
+from identity.cluster import QualityThresholds, algorithms
+
+# HDBSCAN (the default) cannot select the whole set as one cluster, so the few-face
+# tests of constraints and increments use Chinese whispers.
+CW = ClusterParams("chinese_whispers", threshold=0.5)
 from identity.errors import InputError
 
 
@@ -111,8 +115,8 @@ def test_threshold_is_the_similarity_at_which_faces_link():
     a = unit(np.array([1.0, 0.0, 0.0]))
     b = unit(np.array([1.0, 1.0, 0.0]))  # cos(a, b) = 0.707
     faces = FaceSet.from_embeddings(np.stack([a, b]))
-    assert cluster_faces(faces, ClusterParams(threshold=0.70, k=1)).n_clusters == 1
-    assert cluster_faces(faces, ClusterParams(threshold=0.71, k=1)).n_clusters == 0
+    assert cluster_faces(faces, ClusterParams("components", threshold=0.70, k=1)).n_clusters == 1
+    assert cluster_faces(faces, ClusterParams("components", threshold=0.71, k=1)).n_clusters == 0
 
 
 def test_dbscan_eps_is_the_euclidean_twin_of_the_threshold():
@@ -183,8 +187,8 @@ def test_new_faces_join_their_people_and_old_clusters_keep_their_numbers():
     old = np.r_[0:4, 6:10, 12:16, 18]  # four faces of each of the first three people + one of the last
     new = np.setdiff1d(np.arange(len(x)), old)
     old_faces = FaceSet.from_embeddings(x[old])
-    first = cluster_faces(old_faces, ClusterParams())
-    later = cluster_incremental(old_faces, first, FaceSet.from_embeddings(x[new]), ClusterParams())
+    first = cluster_faces(old_faces, CW)
+    later = cluster_incremental(old_faces, first, FaceSet.from_embeddings(x[new]), CW)
     assert later.labels[: len(old)].tolist()[:12] == first.labels[:12].tolist()
     m = evaluate_clustering(np.concatenate([truth[old], truth[new]]), later.labels)
     assert m.bcubed_f1 == pytest.approx(1.0)  # incl. the last person, formed from old + new
@@ -193,19 +197,19 @@ def test_new_faces_join_their_people_and_old_clusters_keep_their_numbers():
 def test_incremental_respects_the_same_photo_constraint():
     x, _ = people([5], seed=11, noise=0.1)
     old_faces = FaceSet.from_embeddings(x[:3])
-    first = cluster_faces(old_faces, ClusterParams())
+    first = cluster_faces(old_faces, CW)
     # Two new faces of one new photo, both looking like the clustered person.
     new_faces = FaceSet.from_embeddings(x[3:], np.array([0, 0]))
-    later = cluster_incremental(old_faces, first, new_faces, ClusterParams())
+    later = cluster_incremental(old_faces, first, new_faces, CW)
     assert sorted(later.labels[3:].tolist()) == [UNCLUSTERED, 0]
 
 
 def test_incremental_keeps_filtered_faces_out():
     x, _ = people([4], seed=12, noise=0.1)
     old_faces = FaceSet.from_embeddings(x[:2])
-    first = cluster_faces(old_faces, ClusterParams())
+    first = cluster_faces(old_faces, CW)
     new_faces = FaceSet(x[2:], np.arange(2), probabilities=np.array([0.99, 0.5]))
-    params = ClusterParams(quality=__import__("identity.cluster", fromlist=["QualityThresholds"]).QualityThresholds(min_probability=0.9))
+    params = ClusterParams("chinese_whispers", 0.5, quality=QualityThresholds(min_probability=0.9))
     later = cluster_incremental(old_faces, first, new_faces, params)
     assert later.labels.tolist() == [0, 0, 0, UNCLUSTERED]
     assert later.reasons.tolist() == ["", "", "", "low_probability"]

@@ -67,11 +67,12 @@ def test_default_clustering_groups_lfw_people(lfw, model_settings):
     faces, subjects, people = lfw
     result = cluster_faces(faces, ClusterParams.from_settings(model_settings))
     m = evaluate_clustering(people, result.labels[subjects])
-    # Measured 0.989 with the defaults on this subset; the floor 0.97 leaves room for
-    # numeric drift but fails a wrong method or threshold (components at 0.5: 0.87;
-    # Chinese whispers at 0.7: 0.945).
-    assert m.bcubed_f1 >= 0.97, m
-    assert m.bcubed_precision >= 0.97, m
+    # Measured with the defaults (HDBSCAN, floor 0.65) on this subset: precision 1.000,
+    # recall 0.936, F1 0.967. The defaults favour precision (a wrong merge costs a user
+    # more than a split). Floors leave room for numeric drift but fail a wrong method or
+    # threshold (components at 0.5: precision 0.77, F1 0.87).
+    assert m.bcubed_f1 >= 0.95, m
+    assert m.bcubed_precision >= 0.98, m
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

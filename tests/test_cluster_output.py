@@ -57,7 +57,8 @@ def test_filtered_faces_stay_in_the_output_as_unclustered_with_their_reason():
     x = base + 0.05 * rng.standard_normal((3, 16))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     faces = FaceSet(x, np.arange(3), probabilities=np.array([0.99, 0.99, 0.5]))
-    result = cluster_faces(faces, ClusterParams(quality=QualityThresholds(min_probability=0.9)))
+    params = ClusterParams("chinese_whispers", 0.5, quality=QualityThresholds(min_probability=0.9))
+    result = cluster_faces(faces, params)
     assert result.labels.tolist() == [0, 0, -1]
     assert result.reasons.tolist() == ["", "", "low_probability"]
 

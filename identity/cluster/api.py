@@ -30,11 +30,11 @@ class ClusterParams:
     incremental assignment requires it. HDBSCAN finds its own (relative) density cut and
     uses the threshold only as an outlier floor (`detach_outliers`)."""
 
-    algorithm: Algorithm = "chinese_whispers"
-    threshold: float = 0.5
+    algorithm: Algorithm = "hdbscan"
+    threshold: float = 0.65
     k: int = 20
     min_cluster_size: int = 2
-    min_samples: int = 2  # DBSCAN / HDBSCAN density parameter (counts the face itself)
+    min_samples: int = 1  # DBSCAN / HDBSCAN density parameter (counts the face itself)
     quality: QualityThresholds = QualityThresholds()
     same_photo_constraint: bool = True
     exact_max: int = DEFAULT_EXACT_MAX
@@ -47,6 +47,7 @@ class ClusterParams:
             threshold=settings.cluster_threshold,
             k=settings.cluster_k,
             min_cluster_size=settings.cluster_min_size,
+            min_samples=settings.cluster_min_samples,
             quality=QualityThresholds(
                 min_face_size=settings.cluster_min_face_size,
                 min_probability=settings.cluster_min_probability,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from identity.api.deps import count_faces, get_service, model_call
@@ -45,17 +44,7 @@ def search(
 @router.post("/search/embedding", response_model=EmbeddingSearchOut)
 def search_embedding(body: EmbeddingQuery, service: Service = Depends(get_service)) -> EmbeddingSearchOut:
     """Search with embeddings computed elsewhere (same model: `dim` must match)."""
-    dim = service.model_info.dim
-    if any(len(v) != dim for v in body.vectors):
-        raise InputError(f"each vector must have {dim} numbers (model {service.model_info.name})")
-    with np.errstate(over="ignore"):
-        vectors = np.asarray(body.vectors, dtype=np.float32)
-    if not np.isfinite(vectors).all():
-        raise InputError("vectors must be finite numbers")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise InputError("a zero vector has no direction to search")
-    found = service.search_embeddings(vectors / norms, k=body.k, level=body.level, persons=body.persons)
+    found = service.search_embeddings(body.vectors, k=body.k, level=body.level, persons=body.persons)
     return EmbeddingSearchOut(results=[FaceSearchOut.of(f) for f in found])
 
 
