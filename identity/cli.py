@@ -568,11 +568,11 @@ def cluster_params(algorithm: str | None, threshold: float | None):
     return ClusterParams.from_settings(settings(), **overrides)
 
 
-def clustered(images: list[Path], params, *, keep_crops: bool = False):
+def clustered(svc, images: list[Path], params, *, keep_crops: bool = False):
     from identity.files import expand_images
 
     paths = list(expand_images(images))
-    with service() as svc, progress() as bar:
+    with progress() as bar:
         task = bar.add_task("embedding", total=len(paths), rate="")
         return svc.cluster_images(paths, params=params, keep_crops=keep_crops,
                                   on_image=lambda _: bar.advance(task))
@@ -587,6 +587,10 @@ def cluster(
     folders: Annotated[str, typer.Option(
         help="A folder per cluster with face 'crops', 'links' to the originals, or 'none'.")] = "crops",
     sheets: Annotated[bool, typer.Option(help="A contact-sheet PNG per cluster.")] = True,
+    match: Annotated[bool, typer.Option(
+        "--match", help="Name clusters after the enrolled person most of their faces find.")] = False,
+    save: Annotated[bool, typer.Option(
+        "--save", help="Store the clustered faces: to the matched person, else as a new unnamed person.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Group the faces of unlabelled photos into people. Two faces of one photo never share
@@ -596,21 +600,38 @@ def cluster(
     if folders not in ("crops", "links", "none"):
         raise typer.BadParameter("choose crops, links or none", param_hint="--folders")
     params = cluster_params(algorithm, threshold)
-    faces, result = clustered(images, params, keep_crops=folders == "crops" or sheets)
+    with service() as svc:
+        clustering = clustered(svc, images, params, keep_crops=folders == "crops" or sheets)
+        matches = svc.match_clusters(clustering) if match or save else {}
+        saved = svc.save_clusters(clustering, matches=matches) if save else None
+    faces, result = clustering.faces, clustering.result
     out_dir.mkdir(parents=True, exist_ok=True)
     written = write_json(result, faces, out_dir / "clusters.json")
+    if matches:  # the enrolled person each matched cluster is, beside the clusters
+        report = json.loads(written.read_text())
+        for entry in report["clusters"]:
+            found = matches.get(entry["cluster"])
+            entry["person"] = None if found is None else {
+                "external_id": found.external_id, "display_name": found.display_name,
+                "faces_matched": found.faces_matched, "similarity": round(found.similarity, 4)}
+        written.write_text(json.dumps(report, indent=1))
     if folders != "none":
         write_cluster_folders(result, faces, out_dir, mode=folders)
     if sheets:
         write_contact_sheets(result, faces, out_dir / "sheets")
     unclustered = int((result.labels < 0).sum())
     summary = {"faces": len(faces), "photos": len(faces.sources), "clusters": result.n_clusters,
-               "unclustered": unclustered, "algorithm": params.algorithm, "out": str(written)}
+               "unclustered": unclustered, "algorithm": params.algorithm, "out": str(written),
+               "matched": {str(c): m.external_id for c, m in matches.items()}, "saved": saved}
     if as_json:
         dump(summary)
-    else:
-        out.print(f"{summary['faces']} face(s) in {summary['photos']} photo(s) → "
-                  f"{result.n_clusters} cluster(s), {unclustered} unclustered; {written}")
+        return
+    out.print(f"{summary['faces']} face(s) in {summary['photos']} photo(s) → "
+              f"{result.n_clusters} cluster(s), {unclustered} unclustered; {written}")
+    for cluster, found in sorted(matches.items()):
+        out.print(f"  cluster {cluster} is {found.external_id} ({found.faces_matched}/{found.faces} faces)")
+    if saved:
+        out.print(f"saved to {len(saved['persons'])} person(s): {saved['images']}")
 
 
 # --- evaluation and calibration -------------------------------------------------------------
@@ -682,8 +703,9 @@ def evaluate_clusters(
     params = cluster_params(algorithm, threshold)
     # The same layout as enrollment: `_`/`.` folders (probes, hidden) are not people.
     photos = [Path(item.source) for item in items_from_directory(directory)]
-    faces, result = clustered(photos, params)
-    metrics = folder_metrics(faces, result).to_dict()
+    with service() as svc:
+        clustering = clustered(svc, photos, params)
+    metrics = folder_metrics(clustering.faces, clustering.result).to_dict()
     if as_json:
         dump({"algorithm": params.algorithm, "threshold": params.threshold, **metrics})
         return

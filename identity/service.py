@@ -56,6 +56,26 @@ class FaceSearch:
 
 
 @dataclass(frozen=True)
+class Clustering:
+    """Photos grouped into people: the images (for saving), one row per face, the labels."""
+
+    images: tuple[ImageResult, ...]
+    faces: object  # identity.cluster.FaceSet
+    result: object  # identity.cluster.ClusterResult
+
+
+@dataclass(frozen=True)
+class ClusterMatch:
+    cluster: int
+    person_id: int
+    external_id: str
+    display_name: str | None
+    faces_matched: int  # the cluster's faces whose best match is this person
+    faces: int  # the cluster's size
+    similarity: float  # mean similarity of the matching faces
+
+
+@dataclass(frozen=True)
 class Verification:
     model: str
     similarity: float  # cosine similarity of the two embeddings
@@ -311,21 +331,81 @@ class Service:
     # --- clustering -------------------------------------------------------------------------
 
     def cluster_images(self, refs: Iterable[ImageRef | str | Path], *, params=None,
-                       keep_crops: bool = False, on_image=None):
-        """Detect and embed every face of every photo, then group the faces into people.
-        Returns the `FaceSet` (one row per face) and the `ClusterResult`."""
+                       keep_crops: bool = False, on_image=None) -> Clustering:
+        """Detect and embed every face of every photo, then group the faces into people."""
+        from dataclasses import replace
+
         from identity.cluster import ClusterParams, FaceSet, cluster_faces
 
         params = params or ClusterParams.from_settings(self.settings)
+        images: list[ImageResult] = []
 
         def results():
-            # Crops are kept through the pipeline so the quality filter can measure blur.
+            # Crops go through the pipeline so the quality filter can measure blur; the
+            # images kept for saving drop them (a crop costs ~77 kB).
             for result in self.pipeline.process(refs, keep_crops=True):
                 if on_image is not None:
                     on_image(result)
+                if result.ok and result.faces:
+                    images.append(replace(result, faces=tuple(replace(f, crop=None) for f in result.faces)))
                 yield result
 
         faces = FaceSet.from_results(results(), keep_crops=keep_crops)
         if len(faces) == 0:
             raise NoFaceError("no face found in any of the photos")
-        return faces, cluster_faces(faces, params)
+        return Clustering(tuple(images), faces, cluster_faces(faces, params))
+
+    def match_clusters(self, clustering: Clustering, *, level: str | None = None) -> dict[int, ClusterMatch]:
+        """Clusters that are an enrolled person: most of the cluster's faces find that person
+        first at the threshold of `level`. One index call for every clustered face."""
+        labels = clustering.result.labels
+        rows = np.flatnonzero(labels >= 0)
+        if len(rows) == 0:
+            return {}
+        hits = self.search_embeddings(clustering.faces.embeddings[rows], level=level)
+        votes: dict[int, list[PersonHit]] = {}
+        for row, hit in zip(rows, hits):
+            if hit.known:
+                votes.setdefault(int(labels[row]), []).append(hit.matches[0])
+        matches = {}
+        for cluster, best in votes.items():
+            size = int((labels == cluster).sum())
+            top = max({b.external_id for b in best}, key=lambda e: sum(b.external_id == e for b in best))
+            agreeing = [b for b in best if b.external_id == top]
+            if 2 * len(agreeing) > size:
+                matches[cluster] = ClusterMatch(cluster, agreeing[0].person_id, top, agreeing[0].display_name,
+                                                len(agreeing), size,
+                                                float(np.mean([b.similarity for b in agreeing])))
+        return matches
+
+    def save_clusters(self, clustering: Clustering, *, matches: dict[int, ClusterMatch] | None = None) -> dict:
+        """Store every clustered face: to the enrolled person its cluster matched, else to a
+        new unnamed person (`unnamed-<image sha256 prefix>-<face>`, named after the cluster's
+        first face, so saving the same clustering again adds nothing). Unnamed persons can be
+        renamed and merged with `identity persons`. Returns the store's outcome counts."""
+        from collections import Counter
+
+        from identity.store.types import FacesToAdd
+
+        matches = matches or {}
+        faces, labels = clustering.faces, clustering.result.labels
+        by_source = {image.source: image for image in clustering.images}
+        owners: dict[int, str] = {}
+        picks: dict[tuple[str, str], list[int]] = {}
+        first_row = {int(i): int(np.argmax(faces.image_index == i)) for i in np.unique(faces.image_index)}
+        for row in np.flatnonzero(labels >= 0):
+            cluster = int(labels[row])
+            source = faces.source_of(int(row))
+            face_index = int(row) - first_row[int(faces.image_index[row])]
+            if cluster not in owners:
+                image = by_source[source]
+                owners[cluster] = (matches[cluster].external_id if cluster in matches
+                                   else f"unnamed-{image.sha256[:12]}-{face_index}")
+            picks.setdefault((source, owners[cluster]), []).append(face_index)
+        items = [FacesToAdd(by_source[source], external_id=owner, face_indexes=tuple(indexes))
+                 for (source, owner), indexes in picks.items()]
+        outcomes = []
+        for start in range(0, len(items), 256):
+            outcomes += self.store.add_faces(items[start : start + 256], model=self.model_info)
+        counts = Counter(o.status for o in outcomes)
+        return {"persons": sorted(set(owners.values())), "images": dict(counts)}

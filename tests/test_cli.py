@@ -234,3 +234,28 @@ def test_evaluate_clusters_scores_against_folder_names(env):
         assert 0.0 <= metrics[key] <= 1.0
     assert (metrics["n_faces"], metrics["n_identities"]) == (17, 10)  # one subject face per photo
     assert metrics["n_clusters"] >= 1
+
+
+def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, store_env, tmp_path):
+    env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"],
+           "IDENTITY_CLUSTER_ALGORITHM": "chinese_whispers"}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,person\n{LABELED / 'obama' / 'obama2.jpg'},obama\n")
+    assert identity("enroll", str(manifest), env=env).returncode == 0
+
+    args = ["cluster", str(LABELED / "obama"), str(LABELED / "rose_leslie"), "--out", str(tmp_path / "c"),
+            "--folders", "none", "--no-sheets", "--save", "--json"]
+    first = identity(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert "obama" in summary["matched"].values()
+    assert "obama" in summary["saved"]["persons"]
+    unnamed = [p for p in summary["saved"]["persons"] if p.startswith("unnamed-")]
+    assert len(unnamed) == 1  # Rose Leslie's two photos: one new, unnamed person
+
+    persons = {p["external_id"]: p["faces"] for p in
+               json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]}
+    assert persons["obama"] == 5 and persons[unnamed[0]] == 2  # obama2 was enrolled already
+
+    again = json.loads(identity(*args, env=env).stdout)  # saving the same clustering adds nothing
+    assert set(again["saved"]["images"]) == {"already_present"}
