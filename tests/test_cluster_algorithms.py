@@ -97,6 +97,16 @@ def test_every_algorithm_recovers_well_separated_people_and_leaves_loners_out(al
     assert (result.labels[-3:] == UNCLUSTERED).all()  # the three people seen once
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_collection_of_one_person_is_one_cluster(algorithm):
+    # HDBSCAN alone leaves this all noise (it never selects its hierarchy's root).
+    x, _ = people([7, 1, 1], seed=3)
+    result = cluster_faces(FaceSet.from_embeddings(x), ClusterParams(algorithm=algorithm, threshold=0.5))
+    assert result.n_clusters == 1  # not split into sub-clusters of one person
+    assert (result.labels[:7] == 0).sum() >= 5  # HDBSCAN may still call a face noise
+    assert (result.labels[7:] == UNCLUSTERED).all()
+
+
 def test_chinese_whispers_cuts_a_weak_bridge_that_connected_components_follows():
     # Two tight groups of 8; one face of each group is also close-ish to the other group.
     x, truth = people([8, 8], seed=6, noise=0.1)

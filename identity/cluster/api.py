@@ -37,6 +37,9 @@ class ClusterParams:
     min_samples: int = 1  # DBSCAN / HDBSCAN density parameter (counts the face itself)
     quality: QualityThresholds = QualityThresholds()
     same_photo_constraint: bool = True
+    # HDBSCAN sub-clusters with centroids this alike are one person (measured on lfw-dev:
+    # BENCHMARKS.md); above 1 disables the merge.
+    merge_similarity: float = 0.8
     exact_max: int = DEFAULT_EXACT_MAX
     seed: int = 0
 
@@ -105,7 +108,48 @@ def _run(params: ClusterParams, graph: KnnGraph, faces: FaceSet) -> np.ndarray:
         eps = float(algorithms.cosine_to_euclidean(params.threshold))
         return algorithms.dbscan(graph, eps, params.min_samples)
     labels = algorithms.hdbscan(graph, max(params.min_cluster_size, 2), params.min_samples)
-    return detach_outliers(labels, graph, params.threshold)
+    if (labels < 0).all():
+        # HDBSCAN never selects the root of its hierarchy, so a collection that is one
+        # person (or one person and a few strangers) can come back as all noise. With no
+        # density structure to go on, the absolute floor decides.
+        image_index = faces.image_index if params.same_photo_constraint else None
+        return algorithms.connected_components(graph, params.threshold, image_index)
+    labels = detach_outliers(labels, graph, params.threshold)
+    return merge_close_clusters(labels, graph, faces.embeddings, params.merge_similarity)
+
+
+def merge_close_clusters(
+    labels: np.ndarray, graph: KnnGraph, embeddings: np.ndarray, similarity: float
+) -> np.ndarray:
+    """Merge clusters whose centroids are at least `similarity` alike. HDBSCAN's hierarchy
+    must split its root, so it cuts one person's photos into sub-clusters when a collection
+    holds few people; averaging cancels per-photo noise, so centroids of one person's
+    sub-clusters are far more alike than those of two people. Only cluster pairs joined by
+    a kNN edge are compared (linear in the graph, never clusters × clusters)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    clustered = labels >= 0
+    if similarity > 1.0 or clustered.sum() == 0:
+        return labels
+    n_clusters = int(labels.max()) + 1
+    centroids = np.zeros((n_clusters, embeddings.shape[1]), np.float64)
+    np.add.at(centroids, labels[clustered], embeddings[clustered])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    lo, hi, _ = graph.edges()
+    a, b = labels[lo], labels[hi]
+    across = (a >= 0) & (b >= 0) & (a != b)
+    pairs = np.unique(np.sort(np.stack([a[across], b[across]], axis=1), axis=1), axis=0)
+    if len(pairs) == 0:
+        return labels
+    close = pairs[np.einsum("ij,ij->i", centroids[pairs[:, 0]], centroids[pairs[:, 1]]) >= similarity]
+    if len(close) == 0:
+        return labels
+    links = coo_matrix((np.ones(len(close)), (close[:, 0], close[:, 1])), shape=(n_clusters, n_clusters))
+    _, merged = connected_components(links, directed=False)
+    out = labels.copy()
+    out[clustered] = merged[labels[clustered]]
+    return out
 
 
 def detach_outliers(labels: np.ndarray, graph: KnnGraph, threshold: float) -> np.ndarray:
