@@ -3,6 +3,7 @@ nothing from there is copied into the repository."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -148,3 +149,21 @@ def service(store_settings, model_settings, pipeline):
     svc.__dict__["pipeline"] = pipeline  # same model settings: load the network once per session
     yield svc
     svc.close()
+
+
+@contextlib.contextmanager
+def ready_api_client(settings, timeout: float = 180.0):
+    """A TestClient on `create_app(settings)`, returned once /readyz says the model is
+    loaded and the index is in sync."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from identity.api import create_app
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + timeout
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.2)
+        yield client

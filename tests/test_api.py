@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import LFW_DIR, MISC_DIR
+from conftest import LFW_DIR, MISC_DIR, ready_api_client
 from fastapi.testclient import TestClient
 
 from identity.api import create_app
@@ -43,12 +43,7 @@ def api_settings(pg_server, model_settings, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(api_settings):
-    app = create_app(api_settings)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        deadline = time.monotonic() + 180
-        while test_client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, test_client.get("/readyz").json()
-            time.sleep(0.2)
+    with ready_api_client(api_settings) as test_client:
         yield test_client
 
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import LFW_DIR, ROOT
-from fastapi.testclient import TestClient
+from conftest import LFW_DIR, ROOT, ready_api_client
 
-from identity.api import create_app
 from identity.enroll import EnrollItem
 from identity.service import Service
 from identity.store.keys import create_key
@@ -98,11 +96,7 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def client(settings):
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        deadline = time.monotonic() + 180
-        while test_client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, test_client.get("/readyz").json()
-            time.sleep(0.2)
+    with ready_api_client(settings) as test_client:
         yield test_client
 
 
