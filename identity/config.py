@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "hdbscan", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
     )
     cluster_threshold: float = Field(
-        0.65, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked "
+        0.70, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked "
         "(HDBSCAN: the least similarity a face needs to a cluster-mate)."
     )
     cluster_min_samples: int = Field(1, ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")

@@ -31,7 +31,7 @@ class ClusterParams:
     uses the threshold only as an outlier floor (`detach_outliers`)."""
 
     algorithm: Algorithm = "hdbscan"
-    threshold: float = 0.65
+    threshold: float = 0.70
     k: int = 20
     min_cluster_size: int = 2
     min_samples: int = 1  # DBSCAN / HDBSCAN density parameter (counts the face itself)
