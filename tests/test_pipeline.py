@@ -168,3 +168,26 @@ def test_similarity_alignment_puts_the_eyes_on_the_template(pipeline):
     (again,) = pipeline.detector.detect([np.ascontiguousarray(aligned)])[0] or [None]
     if again is not None:  # re-detected landmarks land near the template
         assert np.abs(again.landmarks - TEMPLATE_UNIT * 160).mean() < 6
+
+
+def test_the_detection_stage_runs_ahead_and_stops_with_its_consumer():
+    import threading
+
+    from identity.faces.pipeline import _run_ahead
+
+    assert list(_run_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield 1
+        raise ValueError("broken batch")
+
+    stream = _run_ahead(failing())
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="broken batch"):
+        next(stream)
+
+    before = threading.active_count()
+    endless = _run_ahead(iter(range(10**9)))
+    assert next(endless) == 0
+    endless.close()  # a consumer that stops early (embed_image takes one result)
+    assert threading.active_count() == before

@@ -3,6 +3,8 @@
 Work flows in batches of `settings.batch_size` images. Reading and decoding run ahead
 in a small thread pool (Pillow and file reads release the GIL), detection runs one
 MTCNN call per size bucket, and every crop of the batch is embedded in one network call.
+Detection of the next batch runs in its own thread while the current batch is embedded,
+so the two stages overlap, each on half the cores.
 Results come out in input order, one `ImageResult` per reference; an unreadable image
 becomes a result with `error` set and never interrupts the stream.
 """
@@ -10,13 +12,18 @@ becomes a result with `error` set and never interrupts the stream.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from queue import Empty, Full, Queue
 
 import numpy as np
+import torch
 
 from identity.config import Settings, get_settings
 from identity.errors import InputError
@@ -59,6 +66,7 @@ class FacePipeline:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.device = resolve_device(self.settings.device)
+        configure_threads(self.settings, self.device)
         self.spec = registry.get_model(self.settings.model)
         network = registry.load_network(self.spec, self.settings, device=self.device)
         self.embedder = Embedder(
@@ -94,8 +102,10 @@ class FacePipeline:
         keep_crops: bool = False,
     ) -> Iterator[ImageResult]:
         decoded = self._decode_ahead(as_ref(r) for r in refs)
-        while batch := list(islice(decoded, self.settings.batch_size)):
-            yield from self._process_batch(batch, select=select, keep_crops=keep_crops)
+        batches = iter(lambda: list(islice(decoded, self.settings.batch_size)), [])
+        detected = (self._detect_batch(batch, select) for batch in batches)
+        for batch in _run_ahead(detected):
+            yield from self._embed_batch(batch, keep_crops=keep_crops)
 
     def embed_image(self, ref: ImageRef | str | Path, *, select: Selection = "all") -> ImageResult:
         return next(iter(self.process([ref], select=select)))
@@ -128,9 +138,8 @@ class FacePipeline:
             while pending:
                 yield pending.popleft().result()
 
-    def _process_batch(
-        self, batch: list[DecodedImage | ImageResult], *, select: Selection, keep_crops: bool
-    ) -> list[ImageResult]:
+    def _detect_batch(self, batch: list[DecodedImage | ImageResult], select: Selection) -> _Detected:
+        """Stage one: detect, select and align every face of a batch."""
         images = [item for item in batch if isinstance(item, DecodedImage)]
         detections = self.detector.detect([image.pixels for image in images])
         chosen = [
@@ -150,11 +159,14 @@ class FacePipeline:
         ]
         size = self.spec.input_size
         stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-        embeddings = self.embedder.embed(stacked)
+        return _Detected(batch, images, chosen, stacked)
 
+    def _embed_batch(self, detected: _Detected, *, keep_crops: bool) -> list[ImageResult]:
+        """Stage two: embed every crop of the batch in one network call."""
+        embeddings = self.embedder.embed(detected.crops)
         results: dict[int, ImageResult] = {}
         cursor = 0
-        for image, faces in zip(images, chosen):
+        for image, faces in zip(detected.images, detected.chosen):
             built = []
             for face in faces:
                 built.append(
@@ -162,7 +174,7 @@ class FacePipeline:
                         face,
                         image.scale,
                         embedding=embeddings[cursor],
-                        crop=stacked[cursor] if keep_crops else None,
+                        crop=detected.crops[cursor] if keep_crops else None,
                     )
                 )
                 cursor += 1
@@ -173,7 +185,71 @@ class FacePipeline:
                 height=image.height,
                 faces=tuple(built),
             )
-        return [results[id(item)] if isinstance(item, DecodedImage) else item for item in batch]
+        return [results[id(item)] if isinstance(item, DecodedImage) else item for item in detected.batch]
+
+
+@dataclass(frozen=True)
+class _Detected:
+    batch: list  # DecodedImage | ImageResult (unreadable), in input order
+    images: list  # the decoded ones
+    chosen: list  # per decoded image, its selected faces
+    crops: np.ndarray  # every chosen face's aligned crop, in order
+
+
+_DONE = object()
+
+
+def _run_ahead(stage: Iterator, depth: int = 1) -> Iterator:
+    """Run `stage` in a background thread, at most `depth` items ahead of the consumer.
+
+    Detection (many small ops) and embedding (a few large ones) then run at the same time,
+    each on its share of the cores (see `configure_threads`): on CPU this beats giving every
+    core to each stage in turn, because tiny ops pay a thread wake-up each. Exceptions in
+    the stage re-raise here; a consumer that stops early stops the thread."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in stage:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((_DONE, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            queue.put((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="detect-stage", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting to put
+            try:
+                queue.get_nowait()
+            except Empty:
+                worker.join(timeout=0.1)
+
+
+def configure_threads(settings: Settings, device) -> None:
+    """Torch threads per stage: on CPU the detection and embedding stages run concurrently,
+    so each gets half the cores (`IDENTITY_TORCH_THREADS` overrides)."""
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    elif getattr(device, "type", str(device)) == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
 def _to_full_resolution(
