@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=SHARED / "models")
     parser.add_argument("--limit", type=int, default=None, help="images for the full pipeline run")
     parser.add_argument("--naive-limit", type=int, default=400)
-    parser.add_argument("--chunk", type=int, default=64, help="images per alternation")
+    parser.add_argument("--chunk", type=int, default=128, help="images per alternation")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 

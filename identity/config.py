@@ -70,9 +70,11 @@ class Settings(BaseSettings):
     flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
     batch_size: int = Field(32, ge=1, description="Images per detection batch and crops per embedding batch.")
     decode_workers: int = Field(2, ge=0, description="Threads decoding images ahead of the model.")
+    detect_workers: int = Field(
+        2, ge=0, description="Threads detecting the next batches while the current one is embedded.")
     torch_threads: int | None = Field(
-        None, ge=1, description="Torch threads; default on CPU: half the cores (detection and "
-        "embedding run concurrently, one stage on each half).")
+        None, ge=1, description="Torch threads per op; default on CPU: half the cores (the "
+        "detection and embedding stages run concurrently).")
     threshold_level: Literal["loose", "normal", "strict"] = "normal"
 
     # --- store --------------------------------------------------------------------

@@ -170,24 +170,32 @@ def test_similarity_alignment_puts_the_eyes_on_the_template(pipeline):
         assert np.abs(again.landmarks - TEMPLATE_UNIT * 160).mean() < 6
 
 
-def test_the_detection_stage_runs_ahead_and_stops_with_its_consumer():
+def test_work_runs_ahead_in_order_and_stops_with_its_consumer():
     import threading
+    import time
 
-    from identity.faces.pipeline import _run_ahead
+    from identity.faces.pipeline import map_ahead
 
-    assert list(_run_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+    def slow_square(x: int) -> int:
+        time.sleep(0.01 * (x % 3))  # finish out of order
+        return x * x
 
-    def failing():
-        yield 1
-        raise ValueError("broken batch")
+    assert list(map_ahead(slow_square, range(20), workers=3, lookahead=4)) == [x * x for x in range(20)]
+    assert list(map_ahead(slow_square, range(5), workers=0, lookahead=0)) == [0, 1, 4, 9, 16]
 
-    stream = _run_ahead(failing())
-    assert next(stream) == 1
+    def failing(x: int) -> int:
+        if x == 2:
+            raise ValueError("broken batch")
+        return x
+
+    stream = map_ahead(failing, range(5), workers=2, lookahead=2)
+    assert next(stream) == 0
     with pytest.raises(ValueError, match="broken batch"):
-        next(stream)
+        list(stream)
 
+    started = []
     before = threading.active_count()
-    endless = _run_ahead(iter(range(10**9)))
-    assert next(endless) == 0
+    endless = map_ahead(started.append, iter(range(10**9)), workers=2, lookahead=3)
+    next(endless)
     endless.close()  # a consumer that stops early (embed_image takes one result)
-    assert threading.active_count() == before
+    assert len(started) <= 4 and threading.active_count() == before

@@ -46,7 +46,9 @@ class Embedder:
         batch_size: int = 32,
     ) -> None:
         self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
+        # Channels-last: faster convolutions on CPU (oneDNN) and on tensor-core GPUs;
+        # embeddings agree with the default layout to ~1e-7.
+        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
         self.dim = dim
         self.input_size = input_size
         self.normalization = normalization
@@ -68,7 +70,9 @@ class Embedder:
     @torch.inference_mode()
     def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+        # N×H×W×C data viewed as N×C×H×W is already channels-last in memory.
         batch = standardize(batch.permute(0, 3, 1, 2).float(), self.normalization)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         if self.flip:
             both = self.network(torch.cat([batch, batch.flip(3)]))
             vectors = both[: len(chunk)] + both[len(chunk) :]

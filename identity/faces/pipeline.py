@@ -3,8 +3,8 @@
 Work flows in batches of `settings.batch_size` images. Reading and decoding run ahead
 in a small thread pool (Pillow and file reads release the GIL), detection runs one
 MTCNN call per size bucket, and every crop of the batch is embedded in one network call.
-Detection of the next batch runs in its own thread while the current batch is embedded,
-so the two stages overlap, each on half the cores.
+Detection of the next batches runs in worker threads while the current batch is
+embedded, so the stages overlap, each torch op single-threaded on a 2-core CPU.
 Results come out in input order, one `ImageResult` per reference; an unreadable image
 becomes a result with `error` set and never interrupts the stream.
 """
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from queue import Empty, Full, Queue
 
 import numpy as np
 import torch
@@ -101,10 +99,16 @@ class FacePipeline:
         select: Selection = "all",
         keep_crops: bool = False,
     ) -> Iterator[ImageResult]:
-        decoded = self._decode_ahead(as_ref(r) for r in refs)
+        decoded = map_ahead(
+            self._decode_or_error, (as_ref(r) for r in refs),
+            workers=self.settings.decode_workers, lookahead=2 * self.settings.batch_size,
+        )
         batches = iter(lambda: list(islice(decoded, self.settings.batch_size)), [])
-        detected = (self._detect_batch(batch, select) for batch in batches)
-        for batch in _run_ahead(detected):
+        detected = map_ahead(
+            lambda batch: self._detect_batch(batch, select), batches,
+            workers=self.settings.detect_workers, lookahead=self.settings.detect_workers + 1,
+        )
+        for batch in detected:
             yield from self._embed_batch(batch, keep_crops=keep_crops)
 
     def embed_image(self, ref: ImageRef | str | Path, *, select: Selection = "all") -> ImageResult:
@@ -120,23 +124,6 @@ class FacePipeline:
             return self.decode(ref)
         except InputError as exc:
             return ImageResult(source=ref.source, error=exc)
-
-    def _decode_ahead(self, refs: Iterator[ImageRef]) -> Iterator[DecodedImage | ImageResult]:
-        """Decode in threads, at most two batches ahead, preserving order. Bounded, so a
-        million-file directory is never read into memory at once."""
-        workers = self.settings.decode_workers
-        if workers == 0:
-            yield from map(self._decode_or_error, refs)
-            return
-        lookahead = 2 * self.settings.batch_size
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            pending: deque[Future] = deque()
-            for ref in refs:
-                pending.append(pool.submit(self._decode_or_error, ref))
-                if len(pending) >= lookahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
 
     def _detect_batch(self, batch: list[DecodedImage | ImageResult], select: Selection) -> _Detected:
         """Stage one: detect, select and align every face of a batch."""
@@ -196,51 +183,31 @@ class _Detected:
     crops: np.ndarray  # every chosen face's aligned crop, in order
 
 
-_DONE = object()
+def map_ahead(fn: Callable, items: Iterable, *, workers: int, lookahead: int) -> Iterator:
+    """`map(fn, items)` computed by `workers` threads at most `lookahead` items ahead of
+    the consumer, in input order. Bounded, so a million-file directory is never read at
+    once; a consumer that stops early cancels what has not started. With no workers, a
+    plain lazy map.
 
-
-def _run_ahead(stage: Iterator, depth: int = 1) -> Iterator:
-    """Run `stage` in a background thread, at most `depth` items ahead of the consumer.
-
-    Detection (many small ops) and embedding (a few large ones) then run at the same time,
-    each on its share of the cores (see `configure_threads`): on CPU this beats giving every
-    core to each stage in turn, because tiny ops pay a thread wake-up each. Exceptions in
-    the stage re-raise here; a consumer that stops early stops the thread."""
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
+    Decoding (Pillow releases the GIL) and detection (torch releases it) both run this way:
+    detection of the next batches overlaps the embedding of the current one, each on a
+    share of the cores (see `configure_threads`). On CPU that beats giving every core to
+    each stage in turn, because MTCNN's many tiny ops each pay a thread-pool wake-up."""
+    if workers == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipeline") as pool:
+        pending: deque[Future] = deque()
         try:
-            for item in stage:
-                while not stop.is_set():
-                    try:
-                        queue.put((item, None), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((_DONE, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            queue.put((_DONE, exc))
-
-    worker = threading.Thread(target=produce, name="detect-stage", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = queue.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting to put
-            try:
-                queue.get_nowait()
-            except Empty:
-                worker.join(timeout=0.1)
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= max(lookahead, 1):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def configure_threads(settings: Settings, device) -> None:
