@@ -150,7 +150,52 @@ def enroll_batch(
     largest_face: bool = False,
 ) -> list[ItemOutcome]:
     """Process and store one batch in one transaction. Outcomes in input order."""
+    return next(enroll_stream([items], pipeline=pipeline, store=store, largest_face=largest_face))
+
+
+def enroll_stream(
+    batches: Iterable[list[EnrollItem]],
+    *,
+    pipeline: FacePipeline,
+    store: Store,
+    largest_face: bool = False,
+) -> Iterator[list[ItemOutcome]]:
+    """Enroll batch after batch through ONE pipeline stream, so detection of the next
+    batches overlaps the embedding of this one; each batch is still written in its own
+    transaction and yields its outcomes (input order) once committed."""
     model = ModelInfo(pipeline.model_name, pipeline.model_version, pipeline.dim)
+    planned: list[_Planned] = []  # batches whose images are in the pipeline, oldest first
+
+    def refs() -> Iterator[ImageRef]:
+        for batch in batches:
+            plan = _plan(batch, store, model.name)
+            planned.append(plan)
+            yield from plan.refs
+
+    def committed() -> Iterator[list[ItemOutcome]]:
+        # Oldest first, so outcomes come back in input order.
+        while planned and len(planned[0].results) == len(planned[0].refs):
+            yield _store(planned.pop(0), store, model, largest_face)
+
+    # refs() plans a batch before yielding its first ref, so every result's batch is planned.
+    for result in pipeline.process(refs()):
+        next(p for p in planned if len(p.results) < len(p.refs)).results.append(result)
+        yield from committed()
+    yield from committed()
+
+
+@dataclass
+class _Planned:
+    items: list[EnrollItem]
+    outcomes: dict[int, ItemOutcome]  # decided without the model (unreadable, already present)
+    todo: list[int]  # item positions that go through the pipeline
+    refs: list[ImageRef]
+    results: list[ImageResult] = field(default_factory=list)
+
+
+def _plan(items: list[EnrollItem], store: Store, model: str) -> _Planned:
+    """Read and hash the batch's files; images already enrolled to the same person skip the
+    model (a re-run or a resume costs a hash per file, not a forward pass)."""
     outcomes: dict[int, ItemOutcome] = {}
     loaded: dict[int, tuple[bytes, str]] = {}
     for i, item in enumerate(items):
@@ -160,9 +205,7 @@ def enroll_batch(
             outcomes[i] = ItemOutcome(item.source, item.person, "unreadable", exc.message)
             continue
         loaded[i] = (data, hashlib.sha256(data).hexdigest())
-
-    # Skip the model for images already enrolled to this person (resume, re-runs).
-    known = store.known_images([sha for _, sha in loaded.values()], model=model.name)
+    known = store.known_images([sha for _, sha in loaded.values()], model=model)
     todo = []
     for i, (data, sha) in loaded.items():
         image = known.get(sha)
@@ -171,23 +214,26 @@ def enroll_batch(
                                       face_id=image.faces[0].face_id)
         else:
             todo.append(i)
-
     refs = [ImageRef(source=items[i].source, data=loaded[i][0]) for i in todo]
+    return _Planned(items, outcomes, todo, refs)
+
+
+def _store(plan: _Planned, store: Store, model: ModelInfo, largest_face: bool) -> list[ItemOutcome]:
+    outcomes = dict(plan.outcomes)
     to_add: list[tuple[int, FacesToAdd]] = []
-    for i, result in zip(todo, pipeline.process(refs)):
-        outcome, add = _choose_face(items[i], result, largest_face)
+    for i, result in zip(plan.todo, plan.results):
+        outcome, add = _choose_face(plan.items[i], result, largest_face)
         if outcome is not None:
             outcomes[i] = outcome
         else:
             to_add.append((i, add))  # type: ignore[arg-type]
-
     if to_add:
         stored = store.add_faces([add for _, add in to_add], model=model)
         for (i, _), result in zip(to_add, stored):
             status: Status = "enrolled" if result.status == "added" else result.status  # type: ignore[assignment]
             face_id = result.face_ids[0] if result.face_ids else None
-            outcomes[i] = ItemOutcome(items[i].source, items[i].person, status, result.detail, face_id)
-    return [outcomes[i] for i in range(len(items))]
+            outcomes[i] = ItemOutcome(plan.items[i].source, plan.items[i].person, status, result.detail, face_id)
+    return [outcomes[i] for i in range(len(plan.items))]
 
 
 def _choose_face(
@@ -217,16 +263,6 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 Runner = Callable[[Iterable[list[EnrollItem]], Callable[[list[ItemOutcome]], None]], None]
-
-
-def in_process(process: Callable[[list[EnrollItem]], list[ItemOutcome]]) -> Runner:
-    """A runner that processes batches one after another in this process."""
-
-    def runner(batches: Iterable[list[EnrollItem]], done: Callable[[list[ItemOutcome]], None]) -> None:
-        for batch in batches:
-            done(process(batch))
-
-    return runner
 
 
 def run(

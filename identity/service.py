@@ -257,7 +257,10 @@ class Service:
             def runner(batches, done) -> None:
                 dispatch_enrollment(self.settings, batches, largest_face, on_progress=done)
         else:
-            runner = enroll.in_process(lambda batch: self.enroll_batch(batch, largest_face=largest_face))
+            def runner(batches, done) -> None:
+                for outcomes in enroll.enroll_stream(batches, pipeline=self.pipeline, store=self.store,
+                                                     largest_face=largest_face):
+                    done(outcomes)
 
         return enroll.run(items, runner=runner, batch_size=self.settings.batch_size,
                           report=report, on_progress=on_progress)
