@@ -758,12 +758,14 @@ def serve(
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
-    scope: Annotated[list[str], typer.Option(
-        "--scope", help="read, enroll or admin (repeatable; admin includes enroll includes read).")] = ["read"],
+    scope: Annotated[Optional[list[str]], typer.Option(
+        "--scope", help="read (default), enroll or admin; repeatable; admin includes enroll includes read.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a key. The secret is printed once and stored only as a hash."""
     from identity.store.keys import create_key
+
+    scope = scope or ["read"]
 
     with store() as db:
         key_id, secret = create_key(db, name, scope)

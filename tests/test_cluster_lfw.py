@@ -14,7 +14,6 @@ import pytest
 from identity.cluster import ALGORITHMS, ClusterParams, FaceSet, cluster_faces, cluster_incremental
 from identity.cluster import evaluate_clustering
 from identity.cluster.metrics import subject_faces
-from identity.config import Settings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 LFW_DIR = DATA_DIR / "lfw-dev"

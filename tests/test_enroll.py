@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from identity.enroll import EnrollItem, items_from_directory, items_from_manifest
 
