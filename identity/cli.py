@@ -97,7 +97,7 @@ def service():
     return Service(settings())
 
 
-def progress(transient: bool = False) -> Progress:
+def progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -106,7 +106,6 @@ def progress(transient: bool = False) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        transient=transient,
         disable=not err.is_terminal,
     )
 

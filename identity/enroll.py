@@ -19,7 +19,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -317,7 +317,3 @@ def run(
         if handle is not None:
             handle.close()
     return summary
-
-
-def outcome_dict(outcome: ItemOutcome) -> dict:
-    return asdict(outcome)

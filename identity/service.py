@@ -20,7 +20,7 @@ from identity.errors import InputError, MultipleFacesError, NoFaceError
 from identity.faces import registry
 from identity.faces.detect import Detector, Selection
 from identity.faces.embed import resolve_device
-from identity.faces.pipeline import FacePipeline, as_ref, load_image
+from identity.faces.pipeline import FacePipeline, as_ref, decode_or_error, to_full_resolution
 from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
 
 
@@ -151,24 +151,16 @@ class Service:
         """Boxes, landmarks and probabilities without loading the embedding network.
         Unreadable images come back as an `ImageResult` carrying the error."""
         for ref in map(as_ref, refs):
-            try:
-                image = load_image(ref, self.settings)
-            except InputError as exc:
-                yield ImageResult(source=ref.source, error=exc)
+            image = decode_or_error(ref, self.settings)
+            if isinstance(image, ImageResult):
+                yield image
                 continue
-            inverse = 1.0 / image.scale
             yield Detection(
                 source=ref.source,
                 width=image.width,
                 height=image.height,
-                faces=tuple(
-                    DetectedFace(
-                        box=tuple(v * inverse for v in face.box),  # type: ignore[arg-type]
-                        landmarks=face.landmarks * inverse,
-                        probability=face.probability,
-                    )
-                    for face in self.detector.detect([image.pixels])[0]
-                ),
+                faces=tuple(to_full_resolution(face, image.scale)
+                            for face in self.detector.detect([image.pixels])[0]),
             )
 
     def embed(

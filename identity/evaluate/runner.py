@@ -43,8 +43,8 @@ from identity.faces.align import crop
 from identity.faces.embed import Embedder
 from identity.faces.registry import ModelSpec
 from identity.faces.types import ImageResult
+from identity.files import is_image_path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FALLBACK_RULE = (
     "crop of the median detected face box (relative coordinates), as for a detected face"
 )
@@ -265,7 +265,7 @@ class IdentifyReport:
 def labelled_images(image_dir: Path) -> tuple[list[Path], list[str]]:
     """Images one folder below `image_dir`; the folder name is the person."""
     paths = sorted(
-        p for p in Path(image_dir).glob("*/*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in Path(image_dir).glob("*/*") if p.is_file() and is_image_path(p)
     )
     if not paths:
         raise InputError("no images found in <dir>/<person>/<image> layout", path=str(image_dir))

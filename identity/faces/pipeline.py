@@ -54,6 +54,14 @@ def load_image(ref: ImageRef | str | Path, settings: Settings) -> DecodedImage:
     )
 
 
+def decode_or_error(ref: ImageRef, settings: Settings) -> DecodedImage | ImageResult:
+    """`load_image`, with an unreadable image turned into a result carrying its error."""
+    try:
+        return load_image(ref, settings)
+    except InputError as exc:
+        return ImageResult(source=ref.source, error=exc)
+
+
 def face_quality(face: DetectedFace) -> float:
     """0..1: detection confidence discounted for faces too small to embed reliably."""
     size = min(face.width, face.height)
@@ -100,7 +108,7 @@ class FacePipeline:
         keep_crops: bool = False,
     ) -> Iterator[ImageResult]:
         decoded = map_ahead(
-            self._decode_or_error, (as_ref(r) for r in refs),
+            lambda ref: decode_or_error(ref, self.settings), (as_ref(r) for r in refs),
             workers=self.settings.decode_workers, lookahead=2 * self.settings.batch_size,
         )
         batches = iter(lambda: list(islice(decoded, self.settings.batch_size)), [])
@@ -118,12 +126,6 @@ class FacePipeline:
         return load_image(ref, self.settings)
 
     # --- internals ------------------------------------------------------------------
-
-    def _decode_or_error(self, ref: ImageRef) -> DecodedImage | ImageResult:
-        try:
-            return self.decode(ref)
-        except InputError as exc:
-            return ImageResult(source=ref.source, error=exc)
 
     def _detect_batch(self, batch: list[DecodedImage | ImageResult], select: Selection) -> _Detected:
         """Stage one: detect, select and align every face of a batch."""
@@ -157,7 +159,7 @@ class FacePipeline:
             built = []
             for face in faces:
                 built.append(
-                    _to_full_resolution(
+                    _embedded_face(
                         face,
                         image.scale,
                         embedding=embeddings[cursor],
@@ -219,16 +221,26 @@ def configure_threads(settings: Settings, device) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
-def _to_full_resolution(
-    face: DetectedFace, scale: float, *, embedding: np.ndarray, crop: np.ndarray | None
-) -> Face:
-    """Boxes and landmarks are reported in the original photo's (upright) pixels, whatever
-    resolution detection ran at; quality is judged at the working resolution, where the
-    network saw the face."""
+def to_full_resolution(face: DetectedFace, scale: float) -> DetectedFace:
+    """The face in the original photo's (upright) pixels, whatever resolution detection
+    ran at."""
     inverse = 1.0 / scale
-    return Face(
+    return DetectedFace(
         box=tuple(float(v) * inverse for v in face.box),  # type: ignore[arg-type]
         landmarks=(face.landmarks * inverse).astype(np.float32),
+        probability=face.probability,
+    )
+
+
+def _embedded_face(
+    face: DetectedFace, scale: float, *, embedding: np.ndarray, crop: np.ndarray | None
+) -> Face:
+    """Reported in full-resolution pixels; quality is judged at the working resolution,
+    where the network saw the face."""
+    full = to_full_resolution(face, scale)
+    return Face(
+        box=full.box,
+        landmarks=full.landmarks,
         probability=face.probability,
         embedding=embedding,
         quality=face_quality(face),
