@@ -1,9 +1,10 @@
 # One image for the API and the workers (docker-compose.yml picks the command).
-# CUDA torch by default so the same image runs the GPU worker; CPU-only hosts can build
-# with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (smaller image).
+# Installs from the lock, so the image runs exactly the versions the suite passed with.
+# VARIANT=cuda (default) carries faiss-gpu, which also runs on a host without a GPU, so
+# the same image serves the GPU worker; VARIANT=cpu carries faiss-cpu.
 FROM python:3.11-slim
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+ARG VARIANT=cuda
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -15,15 +16,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# Dependencies first (cached layer), then the code.
+# Locked dependencies first (a cached layer), then the code without resolving again.
+COPY requirements ./requirements
+RUN pip install -r "requirements/${VARIANT}.txt"
 COPY pyproject.toml README.md ./
-RUN pip install --index-url "$TORCH_INDEX_URL" torch torchvision \
-    && pip install hatchling
 COPY identity ./identity
 COPY workers ./workers
 COPY migrations ./migrations
 COPY models ./models
-RUN pip install ".[api,workers,cluster]"
+RUN pip install --no-deps ".[api,workers,cluster]"
 
 # Never run as root: the API parses untrusted images.
 RUN useradd --create-home --uid 1000 identity \

@@ -33,9 +33,11 @@ from identity.store import Store
 from identity.store.types import FacesToAdd, ModelInfo
 
 Status = Literal[
-    "enrolled", "already_present", "no_face", "multiple_faces", "unreadable", "conflict", "invalid"
+    "enrolled", "already_present", "no_face", "multiple_faces", "unreadable", "conflict", "invalid",
+    "not_an_image",
 ]
-SKIPPED: frozenset[str] = frozenset({"no_face", "multiple_faces", "unreadable", "conflict", "invalid"})
+SKIPPED: frozenset[str] = frozenset(
+    {"no_face", "multiple_faces", "unreadable", "conflict", "invalid", "not_an_image"})
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,12 @@ class EnrollSummary:
 # --- planning -----------------------------------------------------------------------------
 
 
-def items_from_directory(root: str | Path) -> Iterator[EnrollItem]:
+def items_from_directory(root: str | Path) -> Iterator[EnrollItem | ItemOutcome]:
     """`root/<person>/**/<image>`: the folder name is the person's external id (the
     layout of LFW and torchvision's ImageFolder). Folders starting with `_` or `.` are not
-    people (e.g. a `_query/` folder of probe photos) and are left out."""
+    people (e.g. a `_query/` folder of probe photos) and are left out. Other files in a
+    person's folder become `not_an_image` outcomes, so the report lists them (hidden
+    files, such as `.DS_Store`, are not the user's photos and are passed over)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("not a directory", path=str(root))
@@ -94,8 +98,13 @@ def items_from_directory(root: str | Path) -> Iterator[EnrollItem]:
         if person_dir.name.startswith(("_", ".")):
             continue
         for path in sorted(person_dir.rglob("*")):
-            if path.is_file() and is_image_path(path):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if is_image_path(path):
                 yield EnrollItem(source=str(path), person=person_dir.name)
+            else:
+                yield ItemOutcome(str(path), person_dir.name, "not_an_image",
+                                  f"not an image file (extension {path.suffix or 'none'})")
 
 
 def items_from_manifest(path: str | Path) -> Iterator[EnrollItem | ItemOutcome]:

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run the whole suite.
-# The README's test command; .ci/run calls it. Extra arguments go to pytest.
+# Install exactly what the tests need (from the lock) and run the whole suite.
+# The README's test command; .ci/run calls it. Extra arguments go to pytest, e.g.
+# `bash scripts/test.sh -m "not slow"` for the fast tier.
+#
+# Python packages go into a virtualenv: the active one ($VIRTUAL_ENV), else .venv here,
+# created when missing. Installing from requirements/cpu.txt makes the venv match the lock
+# exactly (pip-sync semantics are not needed: a fresh venv has nothing else).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +19,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     ($SUDO service redis-server stop || true) >/dev/null 2>&1
 fi
 
-python3 -m pip install -q -e '.[test]'
-python3 -m pytest "$@"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    PY=.venv/bin/python
+else
+    PY="$VIRTUAL_ENV/bin/python"
+fi
+"$PY" -m pip install -q --disable-pip-version-check -r "requirements/${IDENTITY_LOCK:-cpu}.txt"
+"$PY" -m pip install -q --disable-pip-version-check --no-deps -e .
+"$PY" -m pip check
+exec "$PY" -m pytest "$@"

@@ -18,6 +18,19 @@ DATA_DIR = SHARED / "data"
 LFW_DIR = DATA_DIR / "lfw-dev"
 MISC_DIR = DATA_DIR / "misc"
 
+# Fixtures that put the real weights behind a test. A test using one is `slow`: the fast
+# tier (`pytest -m "not slow"`) loads no model. Without them a test's Settings point at
+# the repository's own models/ folder, which holds no weights, so a fast test that tried to
+# load a network would fail with "weights not found" rather than quietly get slower.
+WEIGHT_FIXTURES = frozenset({"model_settings", "pipeline", "service"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if WEIGHT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # A developer's own IDENTITY_* settings must not leak into the suite.
 for _name in [n for n in os.environ if n.startswith("IDENTITY_")]:
     del os.environ[_name]

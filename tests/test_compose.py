@@ -123,5 +123,6 @@ def test_the_image_ships_what_the_services_need():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for path in ("identity", "workers", "migrations", "models"):
         assert f"COPY {path} ./{path}" in dockerfile
-    assert 'pip install ".[api,workers' in dockerfile
+    assert 'pip install -r "requirements/${VARIANT}.txt"' in dockerfile  # the lock, then
+    assert 'pip install --no-deps ".[api,workers' in dockerfile  # the code, resolving nothing
     assert "USER identity" in dockerfile

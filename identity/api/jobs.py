@@ -68,6 +68,9 @@ def confined_directory_items(directory: Path, roots: list[Path]) -> tuple[list[E
     items, refused = [], []
     try:
         for item in items_from_directory(directory):
+            if isinstance(item, ItemOutcome):  # a file that is not an image: reported
+                refused.append(item)
+                continue
             try:
                 confine(item.source, roots)
                 items.append(item)

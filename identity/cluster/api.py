@@ -18,9 +18,10 @@ from identity.cluster.quality import QualityThresholds, quality_reasons
 from identity.cluster.types import UNCLUSTERED, ClusterResult, FaceSet
 from identity.config import Settings
 from identity.errors import InputError, ModelMismatchError
+from identity.vocabulary import ClusterAlgorithm
 
 Algorithm = Literal["components", "chinese_whispers", "dbscan", "hdbscan"]
-ALGORITHMS: tuple[str, ...] = ("components", "chinese_whispers", "dbscan", "hdbscan")
+ALGORITHMS: tuple[str, ...] = ClusterAlgorithm.values()
 
 
 @dataclass(frozen=True)

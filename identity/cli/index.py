@@ -1,0 +1,73 @@
+"""identity index status | rebuild, and identity db upgrade."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import typer
+
+from identity.cli._common import JsonOption, dump, out, service, settings
+
+app = typer.Typer(help="The FAISS search index mirrored from PostgreSQL.")
+db_app = typer.Typer(help="The PostgreSQL database.")
+
+
+def human_age(seconds: float) -> str:
+    """'42 s', '7 min', '3.5 h', '2.1 days': enough precision to judge staleness at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def readable_status(status: dict) -> dict[str, str]:
+    """The status for a person: times as ISO dates with their age, nothing as 'never'."""
+    now = datetime.now(timezone.utc)
+    shown = {}
+    for key, value in status.items():
+        if key == "last_sync_at":
+            shown["last sync"] = "never" if value is None else (
+                f"{datetime.fromtimestamp(value, timezone.utc).isoformat(timespec='seconds')} "
+                f"({human_age(max(0.0, now.timestamp() - value))} ago)")
+        elif key == "snapshot_age_s":
+            shown["snapshot written"] = "never" if value is None else (
+                f"{datetime.fromtimestamp(now.timestamp() - value, timezone.utc).isoformat(timespec='seconds')}"
+                f" ({human_age(value)} ago)")
+        else:
+            shown[key.replace("_", " ")] = "unknown" if value is None else str(value)
+    return shown
+
+
+@app.command("status")
+def index_status(as_json: JsonOption = False) -> None:
+    """Size, watermark, lag behind the database, index type and device."""
+    with service() as svc:
+        status = svc.index.status().to_dict()
+    if as_json:
+        dump(status)
+        return
+    shown = readable_status(status)
+    width = max(map(len, shown))
+    for key, value in shown.items():
+        out.print(f"{key:>{width}}: {value}", highlight=False)
+
+
+@app.command("rebuild")
+def index_rebuild() -> None:
+    """Rebuild the index from PostgreSQL and write a fresh snapshot."""
+    with service() as svc:
+        status = svc.index.rebuild().to_dict()
+    out.print(f"rebuilt: {status['count']} face(s), watermark {status['watermark']}, {status['index_type']}",
+              highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (automatic for the embedded database)."""
+    from identity.store.migrate import upgrade
+
+    applied = upgrade(settings())
+    out.print(f"applied: {', '.join(applied)}" if applied else "database is up to date")

@@ -1,0 +1,55 @@
+"""identity models list | fetch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from identity.cli._common import JsonOption, dump, out, settings
+
+app = typer.Typer(help="List and fetch embedding models.")
+
+
+@app.command("list")
+def models_list(as_json: JsonOption = False) -> None:
+    """Known models, their dimension, whether the weights are present, and thresholds."""
+    from identity.faces import models as registry
+
+    cfg = settings()
+    rows = []
+    for spec in registry.list_models():
+        status = registry.verify(spec, cfg)
+        rows.append({
+            "name": spec.name, "version": spec.version, "dim": spec.dim,
+            "normalization": spec.normalization, "default": spec.name == cfg.model,
+            "status": status.status, "detail": status.detail, "weights": str(status.path),
+            "thresholds": registry.load_thresholds(spec, cfg),
+        })
+    if as_json:
+        dump(rows)
+        return
+    table = Table("model", "dim", "version", "weights", "thresholds (cosine)")
+    # The name is what a user types next: never truncated or wrapped.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max(len(r["name"]) + len(" (default)") * r["default"] for r in rows)
+    for row in rows:
+        name = f"{row['name']} (default)" if row["default"] else row["name"]
+        levels = ", ".join(f"{k}={v:.3f}" for k, v in row["thresholds"].items())
+        table.add_row(name, str(row["dim"]), row["version"], f"{row['status']}: {row['weights']}", levels)
+    out.print(table)
+
+
+@app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Model name (see `identity models list`).")],
+    allow_unpinned: Annotated[
+        bool, typer.Option(help="Accept a download whose sha256 the manifest does not pin.")
+    ] = False,
+) -> None:
+    """Download a model's weights into IDENTITY_MODELS_DIR and verify their sha256."""
+    from identity.faces import models as registry
+
+    path = registry.fetch(name, settings(), allow_unpinned=allow_unpinned)
+    out.print(f"{name}: {path}", highlight=False)

@@ -1,0 +1,115 @@
+"""identity persons list | show | rename | merge | delete, and identity export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from identity.cli._common import JsonOption, dump, out, settings
+
+app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.")
+
+
+def person_dict(person) -> dict:
+    return {"id": person.id, "external_id": person.external_id, "display_name": person.display_name,
+            "faces": person.face_count, "aliases": list(person.aliases), "metadata": person.metadata,
+            "created_at": person.created_at.isoformat(), "updated_at": person.updated_at.isoformat()}
+
+
+def store():
+    from identity.store import Store
+
+    return Store(settings())
+
+
+@app.command("list")
+def persons_list(
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    after: Annotated[Optional[int], typer.Option(help="Continue after this person id.")] = None,
+    query: Annotated[Optional[str], typer.Option(help="Filter by external id or name.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Persons, in id order, a page at a time."""
+    with store() as db:
+        page = db.list_persons(limit=limit, after=after, query=query)
+    if as_json:
+        dump({"items": [person_dict(p) for p in page.items], "next_after": page.next_after})
+        return
+    table = Table("id", "external id", "name", "faces")
+    for p in page.items:
+        table.add_row(str(p.id), p.external_id, p.display_name or "", str(p.face_count))
+    out.print(table)
+    if page.next_after is not None:
+        out.print(f"more: --after {page.next_after}")
+
+
+@app.command("show")
+def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or alias.")],
+                 as_json: JsonOption = False) -> None:
+    """One person with their faces."""
+    with store() as db:
+        person = db.get_person(ref)
+        faces = db.person_faces(person.id)
+    record = person_dict(person)
+    record["face_rows"] = [
+        {"id": f.id, "source": f.source, "face_index": f.face_index,
+         "box": [round(v, 1) for v in f.box], "probability": round(f.det_prob, 4),
+         "quality": round(f.quality, 3), "model": f.model}
+        for f in faces
+    ]
+    if as_json:
+        dump(record)
+        return
+    out.print(f"[bold]{person.external_id}[/bold] (id {person.id}) {person.display_name or ''}", highlight=False)
+    if person.aliases:
+        out.print(f"aliases: {', '.join(person.aliases)}", highlight=False)
+    table = Table("face", "source", "box", "p", "quality", "model")
+    for f in record["face_rows"]:
+        table.add_row(str(f["id"]), f["source"] or "", str(f["box"]), str(f["probability"]),
+                      str(f["quality"]), f["model"])
+    out.print(table)
+
+
+@app.command("rename")
+def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, typer.Argument()]) -> None:
+    """Set a person's display name."""
+    with store() as db:
+        person = db.rename_person(ref, name)
+    out.print(f"{person.external_id}: {person.display_name}", highlight=False)
+
+
+@app.command("merge")
+def persons_merge(
+    keep: Annotated[str, typer.Argument(help="The person that stays.")],
+    other: Annotated[str, typer.Argument(help="Merged into KEEP; its external id becomes an alias.")],
+) -> None:
+    """Move every face of OTHER to KEEP."""
+    with store() as db:
+        result = db.merge_persons(keep, other)
+    out.print(f"merged {result.merged_external_id} into {result.person.external_id}: "
+              f"{result.faces_moved} face(s) moved", highlight=False)
+
+
+@app.command("delete")
+def persons_delete(
+    ref: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a person, their faces and embeddings, and images no other face uses."""
+    if not yes and not typer.confirm(f"delete {ref} and all their faces?"):
+        raise typer.Abort()
+    with store() as db:
+        result = db.delete_person(ref)
+    out.print(f"deleted {result.external_id}: {result.faces_deleted} face(s), "
+              f"{result.images_deleted} image(s)", highlight=False)
+
+
+def export(out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")]) -> None:
+    """Persons, faces and embeddings as Parquet + JSON, readable without this project."""
+    with store() as db:
+        result = db.export(out_dir)
+    out.print(f"exported {result.persons} person(s), {result.faces} face(s) to {result.out_dir}",
+              highlight=False)

@@ -1,0 +1,59 @@
+"""The words the product's options take, one enum each.
+
+The settings, the API schemas, the CLI (Typer validates choices from these) and the domain
+use the same members, so a new choice is added in one place. Members are `str` subclasses:
+they compare equal to their value, so JSON, SQL and older call sites that pass plain
+strings keep working.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    def __str__(self) -> str:  # f"{level}" prints "normal", not "Level.normal"
+        return self.value
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+
+class Level(Choice):
+    """Named similarity thresholds, calibrated per model to a false-accept rate."""
+
+    loose = "loose"  # FAR 1e-2
+    normal = "normal"  # FAR 1e-3
+    strict = "strict"  # FAR 1e-4
+
+
+class Selection(Choice):
+    """Which faces of a photo to keep."""
+
+    all = "all"
+    largest = "largest"
+    central = "central"  # facenet's LFW rule: the face nearest the image centre
+
+
+class FolderMode(Choice):
+    """What `identity cluster --out` puts in each cluster's folder."""
+
+    crops = "crops"
+    links = "links"
+    none = "none"
+
+
+class ClusterAlgorithm(Choice):
+    hdbscan = "hdbscan"
+    chinese_whispers = "chinese_whispers"
+    components = "components"  # connected components of the similarity graph
+    dbscan = "dbscan"
+
+
+class Scope(Choice):
+    """What an API key may do; a broader scope includes the narrower ones."""
+
+    read = "read"
+    enroll = "enroll"
+    admin = "admin"
