@@ -6,7 +6,7 @@
    HTTP connection each. Two request kinds: `POST /v1/search` with a real LFW photo
    (decode + MTCNN + embedding + index) and `POST /v1/search/embedding` (index only).
 2. Bulk enrollment throughput, same photos, same run: in-process `Service.enroll_batch`
-   versus one Celery worker (solo pool) through `workers.dispatch.dispatch_enrollment`,
+   versus one Celery worker (solo pool) through `identity.runners.celery.CeleryRunner`,
    each into a fresh database; model loading excluded from both.
 
     nice python -m benchmarks.bench_api --out benchmarks/out/api.json
@@ -52,16 +52,16 @@ def fill_store(settings, n_identities: int, per_identity: int) -> np.ndarray:
     """Synthetic faces of the real model's name/dim, written by Store.add_faces (the
     enrollment path); returns the identity labels' generator queries."""
     from benchmarks.synthetic import FaceLikeGenerator, load_target
-    from identity.faces import registry
+    from identity.faces import models
     from identity.faces.types import Face, ImageResult
     from identity.store import FacesToAdd, ModelInfo, Store
 
-    spec = registry.get_model(settings.model)
+    spec = models.get_model(settings.model)
     model = ModelInfo(spec.name, spec.version, spec.dim)
     gen = FaceLikeGenerator.calibrated(dim=spec.dim, target=load_target(), seed=0)
     vectors, labels = gen.faces(n_identities, per_identity)
     box, marks = (10.0, 10.0, 110.0, 130.0), np.zeros((5, 2), np.float32)
-    with Store(settings) as store:
+    with Store.open(settings) as store:
         for start in range(0, len(vectors), 10_000):
             items = [
                 FacesToAdd(ImageResult(source=f"synthetic/{i}.jpg",
@@ -129,7 +129,7 @@ def bench_search(server, directory: Path, args) -> dict:
     t = time.perf_counter()
     queries = fill_store(settings, args.identities, 5)
     fill_s = time.perf_counter() - t
-    with Store(settings) as store:
+    with Store.open(settings) as store:
         key = create_key(store, "bench", ["read"])[1]
     port = free_port()
     log = (directory / "uvicorn.log").open("wb")
@@ -177,7 +177,7 @@ def bench_enroll(server, directory: Path, redis_url: str, args) -> dict:
     from identity.config import Settings
     from identity.enroll import EnrollItem, batched
     from identity.service import Service
-    from workers.dispatch import dispatch_enrollment
+    from identity.runners.celery import PING, CeleryRunner
 
     people = sorted(p for p in LFW.iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 2)
     items = [EnrollItem(str(f), p.name) for p in people for f in sorted(p.glob("*.jpg"))][: args.enroll_images]
@@ -205,11 +205,11 @@ def bench_enroll(server, directory: Path, redis_url: str, args) -> dict:
         env=env_for(remote, IDENTITY_BROKER_URL=redis_url), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
-        from workers.dispatch import _app
-
-        _app(remote).send_task("identity.ping").get(timeout=600)
+        runner = CeleryRunner.from_settings(remote)
+        runner.app.send_task(PING).get(timeout=600)
         t = time.perf_counter()
-        outcomes = dispatch_enrollment(remote, batched(items, args.batch))
+        outcomes = []
+        runner.enroll(batched(items, args.batch), largest_face=False, on_done=outcomes.extend)
         remote_s = time.perf_counter() - t
     finally:
         os.killpg(worker.pid, signal.SIGTERM)

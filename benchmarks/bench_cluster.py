@@ -1,7 +1,10 @@
 """Clustering benchmark (issue 7).
 
-    python -m benchmarks.bench_cluster embed      # lfw-dev → benchmarks/out/lfw_dev_embeddings.npz (once)
+    python -m benchmarks.bench_cluster embed      # lfw-dev → benchmarks/out/<model>/lfw_dev_embeddings.npz (once)
     python -m benchmarks.bench_cluster quality    # every algorithm on all of lfw-dev, unlabelled
+
+`embed` and `quality` take `--model NAME` (default: the configured model); bench_lfw writes
+the same embeddings file as a by-product.
     python -m benchmarks.bench_cluster scale      # time + peak memory on 1e5 and 1e6 synthetic faces
 
 Evaluation rule for lfw-dev: every detected face takes part in the clustering, but only
@@ -26,20 +29,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 LFW_DIR = ROOT.parent / "shared" / "data" / "lfw-dev"
 OUT = ROOT / "benchmarks" / "out"
-EMBEDDINGS = OUT / "lfw_dev_embeddings.npz"
+
+
+def embeddings_path(model: str) -> Path:
+    return OUT / model / "lfw_dev_embeddings.npz"
 
 
 # --- embed ----------------------------------------------------------------------------------
 
 
 def embed(args: argparse.Namespace) -> None:
-    if EMBEDDINGS.exists() and not args.force:
-        print(f"{EMBEDDINGS} exists; reusing it (--force to recompute)")
+    target = embeddings_path(args.model)
+    if target.exists() and not args.force:
+        print(f"{target} exists; reusing it (--force to recompute)")
         return
     from identity.config import Settings
     from identity.faces.pipeline import FacePipeline
 
-    settings = Settings(models_dir=ROOT.parent / "shared" / "models", cache_dir=OUT / "weights-cache", device="cpu")
+    settings = Settings(model=args.model, models_dir=ROOT.parent / "shared" / "models",
+                        cache_dir=OUT / "weights-cache", device="cpu")
     pipeline = FacePipeline(settings)
     paths = sorted(str(p) for p in LFW_DIR.glob("*/*.jpg"))
     rows: dict[str, list] = {k: [] for k in ("embeddings", "paths", "labels", "boxes", "probs", "image_index")}
@@ -54,7 +62,8 @@ def embed(args: argparse.Namespace) -> None:
             rows["image_index"].append(i)
         if i % 200 == 0:
             print(f"{i}/{len(paths)} images, {time.perf_counter() - start:.0f} s", flush=True)
-    tmp = EMBEDDINGS.with_suffix(".tmp.npz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp.npz")
     np.savez(
         tmp,
         embeddings=np.array(rows["embeddings"], np.float32),
@@ -66,8 +75,8 @@ def embed(args: argparse.Namespace) -> None:
         model=np.array(pipeline.model_name),
         model_version=np.array(pipeline.model_version),
     )
-    os.replace(tmp, EMBEDDINGS)
-    print(f"{len(rows['paths'])} faces in {len(paths)} images, {time.perf_counter() - start:.0f} s → {EMBEDDINGS}")
+    os.replace(tmp, target)
+    print(f"{len(rows['paths'])} faces in {len(paths)} images, {time.perf_counter() - start:.0f} s → {target}")
 
 
 # --- quality on lfw-dev -----------------------------------------------------------------------
@@ -81,13 +90,14 @@ def primary_faces(faces, image_size: float = 250.0) -> np.ndarray:
     return subject_faces(faces.boxes, faces.image_index, sizes)
 
 
-THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8)
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8)
 GRID: dict[str, list[dict]] = {
     "components": [{"threshold": t} for t in THRESHOLDS],
     "chinese_whispers": [{"threshold": t} for t in THRESHOLDS],
     "dbscan": [{"threshold": t, "min_samples": m} for t in THRESHOLDS for m in (2, 3)],
     "hdbscan": [
-        {"threshold": t, "min_cluster_size": 2, "min_samples": m} for t in (0.5, 0.6, 0.7) for m in (1, 2)
+        {"threshold": t, "min_cluster_size": 2, "min_samples": m, "merge_similarity": g}
+        for t in THRESHOLDS for m in (1, 2) for g in (0.7, 0.8, 1.01)
     ],
 }
 
@@ -96,9 +106,10 @@ def quality(args: argparse.Namespace) -> None:
     from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering, knn_graph
     from identity.config import Settings
 
-    faces, labels = FaceSet.from_npz(EMBEDDINGS)
+    faces, labels = FaceSet.from_npz(embeddings_path(args.model))
     primary = primary_faces(faces)
-    defaults = ClusterParams.from_settings(Settings())
+    settings = Settings(model=args.model)
+    defaults = ClusterParams.from_settings(settings)
     print(f"{len(faces)} faces in {len(faces.sources)} images with a face; "
           f"{len(np.unique(labels[primary]))} people; evaluated on the {len(primary)} central faces")
     print(f"defaults: algorithm={defaults.algorithm} threshold={defaults.threshold} k={defaults.k} quality={defaults.quality}")
@@ -109,7 +120,7 @@ def quality(args: argparse.Namespace) -> None:
     rows = []
     for algorithm, grid in GRID.items():
         for overrides in grid:
-            params = ClusterParams.from_settings(Settings(), algorithm=algorithm, **overrides)
+            params = ClusterParams.from_settings(settings, algorithm=algorithm, **overrides)
             result = cluster_faces(faces, params, graph=graph)
             m = evaluate_clustering(labels[primary], result.labels[primary])
             rows.append({"algorithm": algorithm, **overrides, "seconds": round(result.seconds, 3), **m.to_dict()})
@@ -117,7 +128,15 @@ def quality(args: argparse.Namespace) -> None:
                   f"R {m.bcubed_recall:.4f} F1 {m.bcubed_f1:.4f} | pairwise P {m.pairwise_precision:.4f} "
                   f"R {m.pairwise_recall:.4f} F1 {m.pairwise_f1:.4f} | clusters {m.n_clusters} "
                   f"unclustered {m.fraction_unclustered:.3f} | {result.seconds:.2f} s", flush=True)
-    (OUT / "cluster_quality.json").write_text(json.dumps(rows, indent=1))
+    result = cluster_faces(faces, defaults, graph=graph)
+    m = evaluate_clustering(labels[primary], result.labels[primary])
+    default_row = {"algorithm": f"default of {args.model}", "threshold": defaults.threshold,
+                   "merge_similarity": defaults.merge_similarity, **m.to_dict()}
+    print(f"DEFAULT {args.model}: {defaults.algorithm} floor {defaults.threshold} merge "
+          f"{defaults.merge_similarity}: BCubed P {m.bcubed_precision:.4f} R {m.bcubed_recall:.4f} "
+          f"F1 {m.bcubed_f1:.4f} | pairwise F1 {m.pairwise_f1:.4f} | clusters {m.n_clusters} "
+          f"unclustered {m.fraction_unclustered:.3f}", flush=True)
+    (OUT / args.model / "cluster_quality.json").write_text(json.dumps([default_row, *rows], indent=1))
 
 
 # --- scale on synthetic embeddings ----------------------------------------------------------
@@ -213,10 +232,14 @@ def _edge_recall(n: int, threshold: float) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    from identity.config import Settings
+
     p = sub.add_parser("embed")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--model", default=Settings().model)
     p.set_defaults(func=embed)
     p = sub.add_parser("quality")
+    p.add_argument("--model", default=Settings().model)
     p.set_defaults(func=quality)
     p = sub.add_parser("scale")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])

@@ -1,20 +1,26 @@
 """LFW (View 1 dev-train) evaluation of a model, with and without flip, for each alignment.
 
-    nice python -m benchmarks.bench_lfw --dir ../shared/data/lfw-dev \
+    nice python -m benchmarks.bench_lfw --model facenet-keras-128 --dir ../shared/data/lfw-dev \
         --pairs ../shared/data/lfw-dev/pairsDevTrain.txt
 
 Detection does not depend on flip or alignment, so every image is decoded and detected
 once; each alignment's crops are then embedded twice, plain and mirrored, with a plain
-(flip=False) embedder. Since the network's outputs are unit vectors, the flip=True
-embedding is exactly normalise(plain + mirrored), what `Embedder(flip=True)` computes
+(flip=False, normalize=False) embedder that returns the network's raw outputs. The
+flip=True embedding is normalise(plain + mirrored), what `Embedder(flip=True)` computes
 in one call; the script checks this equality (and that the factorised path reproduces
 `FacePipeline.process`) on the first images before trusting it. Time per configuration
 = decode + detect (shared, measured once) + align + its embedding passes (one without
 flip, two with) + metrics.
 
-Writes to benchmarks/out/: lfw_bench.json (all figures), lfw_roc_<config>.png,
-lfw_dev_embeddings.npz (default settings, every detected face), calibration JSON; and
-benchmarks/lfw_similarity_stats.json (same/different cosine mean and std, default).
+The default configuration (the model's own alignment, flip) is also calibrated as
+`identity calibrate` does it: thresholds at FAR 1e-2/1e-3/1e-4 and TAR at 1e-4/1e-5 from
+every cross-identity pair, and the clustering floor and merge (BCubed F1 of the central
+faces clustered as if unlabelled).
+
+Writes to benchmarks/out/<model>/: lfw_bench.json (all figures), lfw_roc_<config>.png,
+lfw_dev_embeddings.npz (default settings, every detected face), calibration.json; and, for
+facenet-keras-128 only, benchmarks/lfw_similarity_stats.json (same/different cosine mean
+and std, the target of benchmarks/synthetic.py).
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ import numpy as np
 import torch
 
 from identity.config import Settings
-from identity.evaluate.calibrate import all_pair_scores, calibrate_levels, level_entries
+from identity.cluster import ClusterParams
+from identity.evaluate.calibrate import (
+    all_pair_scores,
+    calibrate_clustering,
+    calibrate_levels,
+    level_entries,
+)
 from identity.evaluate.identify import identification_metrics, split_gallery
 from identity.evaluate.metrics import verification_metrics
 from identity.evaluate.report import plot_roc, write_json
@@ -43,6 +55,8 @@ from identity.faces.types import DetectedFace
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
+SYNTHETIC_TARGET_MODEL = "facenet-keras-128"  # lfw_similarity_stats.json describes this model
+TAR_FARS = {"1e-4": 1e-4, "1e-5": 1e-5}
 
 
 @dataclass
@@ -96,7 +110,14 @@ def crops_for(
             h, w = pixels.shape[:2]
             out[k] = crop(pixels, tuple(rel * [w, h, w, h]), image_size=size, margin=margin)
         else:
-            out[k] = align(pixels, face, method=method, image_size=size, margin=margin)
+            out[k] = align(
+                pixels,
+                face,
+                method=method,
+                image_size=size,
+                margin=margin,
+                template=pipeline.spec.template,
+            )
     return out
 
 
@@ -119,9 +140,7 @@ def check_factorisation(
 ) -> float:
     """Max |difference| between the factorised embeddings and the pipeline's own, first n images."""
     idx = [i for i in range(len(det.paths)) if det.central[i] is not None][:n]
-    crops = crops_for(
-        pipeline, det, pipeline.settings.alignment, [(i, det.central[i]) for i in idx]
-    )
+    crops = crops_for(pipeline, det, pipeline.alignment, [(i, det.central[i]) for i in idx])
     plain, mirrored, _ = plain_and_mirrored(plain_embedder, crops)
     ours = normalise(plain + mirrored)
     results = list(pipeline.process([str(det.paths[i]) for i in idx], select="central"))
@@ -133,6 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--model", default=Settings().model, help="a model of models/manifest.toml")
     ap.add_argument("--dir", type=Path, default=ROOT.parent / "shared/data/lfw-dev")
     ap.add_argument(
         "--pairs", type=Path, default=ROOT.parent / "shared/data/lfw-dev/pairsDevTrain.txt"
@@ -150,14 +170,19 @@ def main() -> None:
         "--table", action="store_true", help="print BENCHMARKS.md tables from the last run's JSON"
     )
     args = ap.parse_args()
+    out = OUT / args.model
     if args.table:
-        print(markdown_tables(json.loads((OUT / "lfw_bench.json").read_text())))
+        print(markdown_tables(json.loads((out / "lfw_bench.json").read_text())))
         return
     torch.set_num_threads(args.threads)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
     settings = Settings(
-        models_dir=args.models_dir, cache_dir=args.cache_dir, device="cpu", data_dir=OUT / "data"
+        model=args.model,
+        models_dir=args.models_dir,
+        cache_dir=args.cache_dir,
+        device="cpu",
+        data_dir=out / "data",
     )
     pipeline = FacePipeline(settings)
     plain_embedder = Embedder(
@@ -168,6 +193,7 @@ def main() -> None:
         device="cpu",
         flip=False,
         batch_size=settings.batch_size,
+        normalize=False,
     )
 
     paths, labels = labelled_images(args.dir)
@@ -188,26 +214,30 @@ def main() -> None:
     def default_artifacts() -> dict:
         """Outputs other parts reuse, from the default configuration (written as soon as it is done)."""
         default = results[default_key]["verification"]
-        write_json(
-            {
-                "model": pipeline.model_name,
-                "version": pipeline.model_version,
-                "dim": pipeline.dim,
-                "alignment": settings.alignment,
-                "flip": settings.flip,
-                "pairs": str(args.pairs.name),
-                "same": default["same_similarity"],
-                "different": default["different_similarity"],
-            },
-            ROOT / "benchmarks" / "lfw_similarity_stats.json",
+        if pipeline.model_name == SYNTHETIC_TARGET_MODEL:
+            write_json(
+                {
+                    "model": pipeline.model_name,
+                    "version": pipeline.model_version,
+                    "dim": pipeline.dim,
+                    "alignment": str(pipeline.alignment),
+                    "flip": settings.flip,
+                    "pairs": str(args.pairs.name),
+                    "same": default["same_similarity"],
+                    "different": default["different_similarity"],
+                },
+                ROOT / "benchmarks" / "lfw_similarity_stats.json",
+            )
+        plain, mirrored, *_ = per_method[pipeline.alignment]
+        emb = normalise(plain + mirrored) if settings.flip else normalise(plain)
+        write_all_faces(
+            pipeline, det, labels, pipeline.alignment, plain_embedder, emb, out / "lfw_dev_embeddings.npz"
         )
-        plain, mirrored, *_ = per_method[settings.alignment]
-        emb = normalise(plain + mirrored) if settings.flip else plain
-        write_all_faces(pipeline, det, labels, settings.alignment, plain_embedder, emb)
 
         names = [p.parent.name for p, d in zip(paths, detected) if d]
         impostor, genuine = all_pair_scores(emb[detected], names)
         levels = calibrate_levels(impostor, genuine)
+        tar = calibrate_levels(impostor, genuine, TAR_FARS)
         pair_scores = score_pairs(
             pairs,
             EmbeddedImages(
@@ -218,27 +248,40 @@ def main() -> None:
             k: float(np.mean(pair_scores[~pairs.labels] >= lt.similarity))
             for k, lt in levels.items()
         }
+        t0 = time.perf_counter()
+        fit = calibrate_clustering(emb[detected], names, ClusterParams.from_settings(settings))
+        print(
+            f"clustering fit in {time.perf_counter() - t0:.0f}s: floor {fit.floor} merge "
+            f"{fit.merge_similarity}: BCubed P {fit.bcubed_precision:.4f} R {fit.bcubed_recall:.4f} "
+            f"F1 {fit.bcubed_f1:.4f} ({fit.n_faces} central faces, {fit.n_identities} people)",
+            flush=True,
+        )
         calibration = {
             "model": pipeline.model_name,
             "version": pipeline.model_version,
             "levels": level_entries(levels),
             "view1_pairs_far": view1_far,
+            "tar_at_far": level_entries(tar),
+            "clustering": fit.entry(),
+            "clustering_grid": fit.grid,
             "source": f"{args.dir.name}: {int(detected.sum())} detected central faces, {impostor.size} cross-identity "
             f"and {genuine.size} same-identity pairs ({default_key})",
         }
-        write_json(calibration, OUT / f"calibration_{pipeline.model_name}.json")
+        write_json(calibration, out / "calibration.json")
         for k, lt in levels.items():
             print(
                 f"calibrated {k}: similarity >= {lt.similarity} (FAR target {lt.far}, {lt.false_accepts}/{lt.n_impostor} "
                 f"impostors accepted, TAR {lt.genuine_accept_rate:.4f}, View 1 FAR {view1_far[k]:.4f})",
                 flush=True,
             )
+        for k, lt in tar.items():
+            print(f"TAR @ FAR {k}: {lt.genuine_accept_rate:.4f} (similarity >= {lt.similarity})", flush=True)
         return calibration
 
     def write_summary(calibration: dict | None) -> None:
         write_json(
             {
-                "command": "nice python -m benchmarks.bench_lfw"
+                "command": f"nice python -m benchmarks.bench_lfw --model {args.model}"
                 + (f" --per-fold-half {args.per_fold_half}" if args.per_fold_half else ""),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
                 "model": pipeline.model_name,
@@ -251,14 +294,14 @@ def main() -> None:
                 "results": results,
                 "calibration": calibration,
             },
-            OUT / "lfw_bench.json",
+            out / "lfw_bench.json",
         )
 
     results: dict[str, dict] = {}
-    default_key = f"{settings.alignment}+flip"
+    default_key = f"{pipeline.alignment}+flip"
     per_method: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
     calibration = None
-    for method in sorted(("crop", "similarity"), key=lambda m: m != settings.alignment):
+    for method in sorted(("crop", "similarity"), key=lambda m: m != pipeline.alignment):
         t0 = time.perf_counter()
         crops = crops_for(pipeline, det, method, list(enumerate(det.central)))
         align_s = time.perf_counter() - t0
@@ -272,7 +315,7 @@ def main() -> None:
         )
         for flip in (False, True):
             key = f"{method}+flip" if flip else method
-            emb = normalise(plain + mirrored) if flip else plain
+            emb = normalise(plain + mirrored) if flip else normalise(plain)
             embed_s = both if flip else one_pass
             t0 = time.perf_counter()
             embedded = EmbeddedImages(
@@ -299,7 +342,7 @@ def main() -> None:
             metric_s = time.perf_counter() - t0
             plot_roc(
                 curve,
-                OUT / f"lfw_roc_{key.replace('+', '_')}.png",
+                out / f"lfw_roc_{key.replace('+', '_')}.png",
                 title=f"LFW dev, {pipeline.model_name}, {key}",
                 label=f"acc {metrics.accuracy_mean:.4f}, AUC {metrics.auc:.4f}",
             )
@@ -323,7 +366,7 @@ def main() -> None:
                 f"DIR@1e-2 {ident.open_set[0].dir:.4f} total {results[key]['seconds']['total']:.0f}s",
                 flush=True,
             )
-        if method == settings.alignment:
+        if method == pipeline.alignment:
             calibration = default_artifacts()
         write_summary(calibration)  # after each method, so a cut-short run still leaves figures
 
@@ -335,6 +378,7 @@ def write_all_faces(
     method: str,
     embedder: Embedder,
     central_emb: np.ndarray,
+    path: Path,
 ) -> None:
     """Every detected face (not only the central one), default settings, for clustering.
     Central faces reuse their embeddings; only the others are embedded here."""
@@ -348,10 +392,10 @@ def write_all_faces(
         plain, mirrored, _ = plain_and_mirrored(
             embedder, crops_for(pipeline, det, method, [rows[k] for k in others])
         )
-        emb[others] = normalise(plain + mirrored) if pipeline.settings.flip else plain
+        emb[others] = normalise(plain + mirrored) if pipeline.settings.flip else normalise(plain)
     inv = np.array([1.0 / det.scales[i] for i, _ in rows], np.float32)[:, None]
     np.savez_compressed(
-        OUT / "lfw_dev_embeddings.npz",
+        path,
         embeddings=emb,
         paths=np.array([str(det.paths[i]) for i, _ in rows]),
         labels=np.array([labels[i] for i, _ in rows]),
@@ -390,6 +434,20 @@ def markdown_tables(bench: dict) -> str:
                 f"{lv['allowed_false_accepts']:,} / {lv['false_accepts']:,} | {lv['genuine_accept_rate']:.4f} | "
                 f"{cal['view1_pairs_far'][name]:.4f} |"
             )
+        if cal.get("tar_at_far"):
+            rows += [""] + [
+                f"TAR @ FAR {k}: {lv['genuine_accept_rate']:.4f} (similarity ≥ {lv['similarity']:.6f}, "
+                f"{lv['false_accepts']:,} of {lv['n_impostor']:,} impostors accepted)"
+                for k, lv in cal["tar_at_far"].items()
+            ]
+        fit = cal.get("clustering")
+        if fit:
+            rows += [
+                "",
+                f"Clustering ({fit['algorithm']}, {fit['n_faces']:,} central faces of {fit['n_identities']:,} people): "
+                f"floor {fit['floor']}, merge {fit['merge_similarity']}: BCubed P {fit['bcubed_precision']:.4f} "
+                f"R {fit['bcubed_recall']:.4f} F1 {fit['bcubed_f1']:.4f}, pairwise F1 {fit['pairwise_f1']:.4f}",
+            ]
     return "\n".join(rows)
 
 

@@ -23,10 +23,10 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 from identity.config import Settings
-from identity.faces import registry
+from identity.faces import models
 t1 = time.perf_counter()
 settings = Settings(models_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]))
-registry.load_network(registry.get_model("facenet-keras-128"), settings)
+models.load_network(models.get_model("facenet-keras-128"), settings)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """

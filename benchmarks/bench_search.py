@@ -30,6 +30,7 @@ import psutil
 
 from benchmarks.synthetic import FaceLikeGenerator, load_target
 from identity.config import Settings
+from identity.index.exact import exact_scores, top_k_order
 from identity.index.face_index import FaceIndex
 from identity.index.spec import choose_spec, sample_rows, training_sample_size
 
@@ -51,6 +52,9 @@ class Row:
     recall10: float
     identity_first: float
     vs_bare: float | None = None  # p50 ratio to a bare IndexFlatIP.search, interleaved query by query
+    vs_numpy: float | None = None  # p50 ratio to numpy matmul + argpartition, interleaved query by query
+    batch_vs_numpy: float | None = None  # time ratio for the whole batch, same run, alternated
+    exact_match: str | None = None  # "m/n": queries whose ids and scores equal brute force bit for bit
 
 
 def rss_mb() -> float:
@@ -118,8 +122,68 @@ def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth,
                             queries, batch, truth, labels))
     if spec.kind == "flat":
         rows[0].vs_bare = ratio_to_bare(index, vectors, queries)
+        rows[0].vs_numpy, rows[0].batch_vs_numpy = ratio_to_numpy(index, vectors, queries, batch)
+        rows[0].exact_match = verify_exact(index, vectors, queries[:VERIFY_QUERIES])
+        stats = index._exact.stats if index._exact is not None else None
+        if stats is not None and stats.queries:
+            rows[0].params += (f", int8 scan + exact re-rank: {stats.candidates / stats.queries:.0f} rows "
+                               f"re-ranked/query, {stats.rescans / stats.queries:.3f} rescans/query")
     del index
     return rows
+
+
+VERIFY_QUERIES = 20
+NUMPY_CHUNK = 100  # queries per numpy matmul: 1,000 × 1M float32 scores would be 4 GB
+
+
+def numpy_top_k(vectors: np.ndarray, q: np.ndarray, k: int = K) -> np.ndarray:
+    """The reference: matmul + argpartition (+ sort of the k), in chunks of queries."""
+    out = []
+    for start in range(0, len(q), NUMPY_CHUNK):
+        sims = q[start:start + NUMPY_CHUNK] @ vectors.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1)
+        out.append(np.take_along_axis(top, order, 1))
+    return np.concatenate(out)
+
+
+def ratio_to_numpy(index: FaceIndex, vectors: np.ndarray, queries: np.ndarray, batch: np.ndarray):
+    """(p50 ours / p50 numpy for single queries, alternating query by query;
+    ours / numpy for the whole batch, alternating twice). Ours = FaceIndex.search."""
+    ours, theirs = [], []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], K, THRESHOLD)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        numpy_top_k(vectors, q[None])
+        theirs.append(time.perf_counter() - t)
+    single = float(np.median(ours) / np.median(theirs))
+    ours_b, theirs_b = [], []
+    for _ in range(2):
+        t = time.perf_counter()
+        index.search(batch, K, THRESHOLD)
+        ours_b.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        numpy_top_k(vectors, batch)
+        theirs_b.append(time.perf_counter() - t)
+    print(f"  exact vs numpy: single p50 {np.median(ours) * 1e3:.2f} / {np.median(theirs) * 1e3:.2f} ms, "
+          f"batch of {len(batch)} {min(ours_b):.2f} / {min(theirs_b):.2f} s", flush=True)
+    return single, float(min(ours_b) / min(theirs_b))
+
+
+def verify_exact(index: FaceIndex, vectors: np.ndarray, queries: np.ndarray, chunk: int = 131_072) -> str:
+    """Compare FaceIndex's exact top-K with a brute-force scan under the same definition
+    (exact.exact_scores over every row, score desc then id asc): ids and scores equal."""
+    got = index.search_faces(queries, K)
+    ok = 0
+    for q, (sims, ids, _) in zip(queries, got):
+        scores = np.concatenate([exact_scores(q[None], vectors[s:s + chunk])[0] for s in range(0, len(vectors), chunk)])
+        kth = -np.partition(-scores, K - 1)[K - 1]
+        tied = np.flatnonzero(scores >= kth)  # every row that could be in the top K (ties included)
+        best = tied[top_k_order(scores[tied], tied, K)]
+        ok += ids.tolist() == best.tolist() and np.array_equal(sims, scores[best])
+    return f"{ok}/{len(queries)}"
 
 
 def ratio_to_bare(index: FaceIndex, vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -160,16 +224,13 @@ def bench_bare_flat(n, dim, vectors, persons, queries, batch, truth, labels) -> 
 
 def bench_numpy(n, dim, vectors, persons, queries, batch, truth, labels) -> Row:
     def ids_of(q):
-        sims = q @ vectors.T
-        top = np.argpartition(-sims, K, axis=1)[:, :K]
-        order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1)
-        return np.take_along_axis(top, order, 1)
+        return numpy_top_k(vectors, q)
 
     def persons_of(q):
         return persons[ids_of(q)[:, 0]]
 
-    return measure(n, dim, "numpy brute force", "matmul + argpartition", 0.0, 0.0, ids_of, persons_of,
-                   queries, batch[:200], truth, labels)
+    return measure(n, dim, "numpy brute force", f"matmul + argpartition, {NUMPY_CHUNK} queries per matmul",
+                   0.0, 0.0, ids_of, persons_of, queries, batch, truth, labels)
 
 
 def bench_pgvector(n, dim, vectors, persons, queries, batch, truth, labels, ef_search: int) -> Row:
@@ -206,7 +267,7 @@ def bench_pgvector(n, dim, vectors, persons, queries, batch, truth, labels, ef_s
                                         [0] * 10, 1.0, 1.0, model, "1", str(vectors[i].tolist())))
                 face_ids = np.array([r[0] for r in conn.execute("SELECT id FROM faces ORDER BY id")], np.int64)
                 person_by_db = {v: int(k[1:]) for k, v in pid.items()}
-            store = Store(Settings(database_url=url, data_dir=directory / "data"), migrate=False)
+            store = Store.open(Settings(database_url=url, data_dir=directory / "data"), migrate=False)
             try:
                 t = time.perf_counter()
                 ensure_hnsw_index(store, model, dim)
@@ -234,6 +295,20 @@ def bench_pgvector(n, dim, vectors, persons, queries, batch, truth, labels, ef_s
             server.stop()
 
 
+def machine_info() -> dict:
+    """What the figures depend on: CPU, BLAS libraries and their threads, load."""
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')}, {i['num_threads']} threads, "
+            f"{Path(i['filepath']).name})" for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "faiss": faiss.__version__, "numpy": np.__version__, "omp_threads": faiss.omp_get_max_threads(),
+        "blas": blas, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "loadavg_at_start": os.getloadavg(), "target": str(load_target()),
+    }
+
+
 def run_config(n, dim, args, out: Path) -> None:
     settings = Settings(index_exact_max=0)  # every kind explicitly; defaults derived from N
     gen = FaceLikeGenerator.calibrated(dim, load_target(), seed=dim)
@@ -250,9 +325,10 @@ def run_config(n, dim, args, out: Path) -> None:
     print(f"[{n}x{dim}] data in {time.perf_counter() - t:.1f}s", flush=True)
 
     def emit(row: Row) -> None:
-        print(json.dumps(asdict(row)), flush=True)
+        record = asdict(row) | {"loadavg": round(os.getloadavg()[0], 2)}
+        print(json.dumps(record), flush=True)
         with out.open("a") as fh:
-            fh.write(json.dumps(asdict(row)) + "\n")
+            fh.write(json.dumps(record) + "\n")
 
     common = (n, dim, vectors, persons, queries, batch, truth, labels)
     methods = args.methods.split(",")
@@ -292,8 +368,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/search.jsonl"))
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, faiss {faiss.__version__}, "
-          f"omp threads {faiss.omp_get_max_threads()}, target {load_target()}", flush=True)
+    info = machine_info()
+    print(json.dumps(info), flush=True)
+    with args.out.open("a") as fh:
+        fh.write(json.dumps(info) + "\n")
     for dim in args.dims:
         for n in args.sizes:
             run_config(n, dim, args, args.out)

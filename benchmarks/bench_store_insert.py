@@ -120,7 +120,7 @@ def timed_add_faces(url: str, total: int, batch: int) -> float:
 
     model = ModelInfo("bench-enroll-128", VERSION, DIM)
     elapsed = 0.0
-    with Store(Settings(database_url=url)) as store:
+    with Store.open(Settings(database_url=url)) as store:
         for offset in range(0, total, batch):
             d = rows(min(batch, total - offset), 0, seed=20_000_000 + offset)  # not timed
             items = [

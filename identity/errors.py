@@ -105,6 +105,14 @@ class ModelMismatchError(ModelError):
     code = "model_mismatch"
 
 
+class LicenseNotAcceptedError(ModelError):
+    """The model's weights come with terms that restrict their use (e.g. non-commercial
+    research only), and the user has not accepted them (`--accept-license`)."""
+
+    http_status = 403
+    code = "license_not_accepted"
+
+
 # --- backing services (exit 4) ------------------------------------------------------
 
 

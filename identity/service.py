@@ -8,20 +8,30 @@ network. Routers and commands stay thin: parse, call one method here, format.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from identity.config import Settings, get_settings
 from identity.errors import InputError, MultipleFacesError, NoFaceError
-from identity.faces import registry
+from identity.faces import models as registry
 from identity.faces.detect import Detector, Selection
 from identity.faces.embed import resolve_device
 from identity.faces.pipeline import FacePipeline, as_ref, decode_or_error, to_full_resolution
 from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
+
+if TYPE_CHECKING:
+    from identity.enroll import EnrollItem, EnrollSummary, ItemOutcome
+    from identity.index import IndexMirror
+    from identity.runners import Runner
+    from identity.store import Store
+    from identity.store.jobs import Job
+    from identity.store.types import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -90,50 +100,105 @@ class Verification:
 
 
 class Service:
-    def __init__(self, settings: Settings | None = None) -> None:
+    """The operations. Built from its parts, each passed in or, when left out, opened on
+    first use from the settings: so `identity detect` never starts a database and
+    `identity persons list` never loads a network, yet tests and library users can hand
+    in a pipeline, a store or a runner of their own. `opened()` says what is running."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        pipeline: FacePipeline | None = None,
+        store: Store | None = None,
+        index: IndexMirror | None = None,
+        runner: Runner | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
+        self._pipeline = pipeline
+        self._detector: Detector | None = None
+        self._store = store
+        self._index = index
+        self._runner = runner
+        self._owned: set[str] = set()  # resources this service opened, so it closes them
+        self._opening = threading.RLock()
+        # One model call at a time: the networks are not documented as thread-safe, and
+        # on a GPU (or 2 CPU cores) concurrent calls only contend.
+        self.model_lock = threading.Lock()
 
-    # --- lazily created resources ---------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Service:
+        return cls(settings)
 
-    @cached_property
+    # --- resources, each opened on first use -------------------------------------------
+
+    def _open(self, name: str, make):
+        with self._opening:
+            if getattr(self, f"_{name}") is None:
+                setattr(self, f"_{name}", make())
+                self._owned.add(name)
+            return getattr(self, f"_{name}")
+
+    @property
     def pipeline(self) -> FacePipeline:
-        return FacePipeline(self.settings)
+        """Detector and embedding network (loads the weights)."""
+        return self._open("pipeline", lambda: FacePipeline(self.settings))
 
-    @cached_property
+    @property
     def detector(self) -> Detector:
-        if "pipeline" in self.__dict__:
-            return self.pipeline.detector
-        return Detector(self.settings, resolve_device(self.settings.device))
+        """MTCNN alone: the pipeline's when it is loaded, else one without the embedding network."""
+        if self._pipeline is not None:
+            return self._pipeline.detector
+        return self._open("detector", lambda: Detector(self.settings, resolve_device(self.settings.device)))
 
-    @cached_property
-    def store(self):
+    @property
+    def store(self) -> Store:
+        """The database (starts the embedded server when no URL is configured)."""
         from identity.store import Store
 
-        return Store(self.settings)
+        return self._open("store", lambda: Store.open(self.settings))
+
+    @property
+    def index(self) -> IndexMirror:
+        """The FAISS mirror of this model's faces: snapshot loaded, change-log tail replayed,
+        then followed in the background so new faces become searchable within a second."""
+        from identity.index import IndexMirror
+
+        def make() -> IndexMirror:
+            mirror = IndexMirror(self.store, self.settings, self.model_info)
+            mirror.start()
+            return mirror
+
+        return self._open("index", make)
+
+    @property
+    def runner(self) -> Runner:
+        """Where batch work runs: this process, or Celery workers when a broker is configured."""
+        from identity.runners import runner_from_settings
+
+        return self._open("runner", lambda: runner_from_settings(self.settings, self))
+
+    def opened(self) -> dict[str, bool]:
+        """Which resources exist now (for health checks: nothing here opens one)."""
+        return {name: getattr(self, f"_{name}") is not None
+                for name in ("pipeline", "detector", "store", "index", "runner")}
 
     @cached_property
-    def model_info(self):
+    def model_info(self) -> ModelInfo:
         from identity.store.types import ModelInfo
 
         spec = registry.get_model(self.settings.model)
         return ModelInfo(spec.name, spec.version, spec.dim)
 
-    @cached_property
-    def index(self):
-        """The FAISS mirror of this model's faces: snapshot loaded, change-log tail replayed,
-        then followed in the background so new faces become searchable within a second."""
-        from identity.index import IndexMirror
-
-        mirror = IndexMirror(self.store, self.settings, self.model_info)
-        mirror.start()
-        return mirror
-
     def close(self) -> None:
-        """Stop the index follower (writing a snapshot if it changed) and the pool."""
-        if "index" in self.__dict__:
-            self.index.stop(snapshot=True)
-        if "store" in self.__dict__:
-            self.store.close()
+        """Stop what this service opened: the index follower (writing a snapshot if it
+        changed), the runner, the pool. Parts passed in belong to the caller."""
+        if "index" in self._owned and self._index is not None:
+            self._index.stop(snapshot=True)
+        if "runner" in self._owned and self._runner is not None:
+            self._runner.close()
+        if "store" in self._owned and self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Service:
         return self
@@ -231,31 +296,83 @@ class Service:
 
     # --- enrollment -------------------------------------------------------------------------
 
-    def enroll_batch(self, items: list, *, largest_face: bool = False) -> list:
-        """One batch, one transaction, idempotent: what a worker task runs."""
+    def enroll_batch(self, items: list[EnrollItem], *, largest_face: bool = False) -> list[ItemOutcome]:
+        """One batch, one transaction, idempotent: the unit every runner runs."""
         from identity.enroll import enroll_batch
 
         return enroll_batch(items, pipeline=self.pipeline, store=self.store, largest_face=largest_face)
 
+    def enroll_stream(self, batches: Iterable[list[EnrollItem]], *,
+                      largest_face: bool = False) -> Iterator[list[ItemOutcome]]:
+        """Many batches through one pipeline (detection keeps overlapping across batches),
+        each written in its own transaction."""
+        from identity.enroll import enroll_stream
+
+        return enroll_stream(batches, pipeline=self.pipeline, store=self.store, largest_face=largest_face)
+
     def enroll(self, items: Iterable, *, largest_face: bool = False, report: Path | None = None,
-               on_progress=None):
-        """Run an enrollment job: in this process, or on the Celery workers when a broker
-        is configured. Returns an `EnrollSummary`; skipped files are listed in `report`."""
+               on_progress=None) -> EnrollSummary:
+        """Run an enrollment job on the runner (this process, or the Celery workers).
+        Returns an `EnrollSummary`; skipped files are listed in `report`."""
         from identity import enroll
 
-        if self.settings.broker_url:
-            from workers.dispatch import dispatch_enrollment
+        def run(batches, done) -> None:
+            self.runner.enroll(batches, largest_face=largest_face, on_done=done)
 
-            def runner(batches, done) -> None:
-                dispatch_enrollment(self.settings, batches, largest_face, on_progress=done)
-        else:
-            def runner(batches, done) -> None:
-                for outcomes in enroll.enroll_stream(batches, pipeline=self.pipeline, store=self.store,
-                                                     largest_face=largest_face):
-                    done(outcomes)
-
-        return enroll.run(items, runner=runner, batch_size=self.settings.batch_size,
+        return enroll.run(items, runner=run, batch_size=self.settings.batch_size,
                           report=report, on_progress=on_progress)
+
+    def enroll_now(self, items: list[EnrollItem], *, largest_face: bool = False) -> list[ItemOutcome]:
+        """A few photos enrolled while the caller waits (an upload)."""
+        return self.runner.enroll_now(items, largest_face=largest_face)
+
+    # --- recorded jobs (identity/jobs.py) --------------------------------------------------
+
+    def start_enroll_job(self, items: list[EnrollItem], *, planned: list[ItemOutcome] = (),
+                         largest_face: bool = False, params: dict[str, Any] | None = None,
+                         key_id: str | None = None) -> Job:
+        from identity import jobs
+
+        return jobs.start_enroll_job(self, items, planned=planned, largest_face=largest_face,
+                                     params=params, key_id=key_id)
+
+    def start_directory_job(self, directory: str | Path, *, largest_face: bool = False,
+                            key_id: str | None = None) -> Job:
+        """A server-side folder (one sub-folder per person) under one of the allowed roots."""
+        from identity import jobs
+        from identity.files import confine
+
+        roots = list(self.settings.allowed_roots)
+        resolved = confine(directory, roots)
+        items, refused = jobs.directory_items(resolved, roots)
+        return self.start_enroll_job(items, planned=refused, largest_face=largest_face,
+                                     params={"directory": str(resolved)}, key_id=key_id)
+
+    def enroll_job_batch(self, job_id: str, number: int, batch: list[EnrollItem], *,
+                         largest_face: bool = False) -> list[ItemOutcome]:
+        from identity import jobs
+
+        return jobs.enroll_job_batch(self, job_id, number, batch, largest_face=largest_face)
+
+    def fail_job(self, job_id: str, exc: BaseException) -> None:
+        from identity import jobs
+
+        jobs.fail_job(self, job_id, exc)
+
+    def start_cluster_job(self, spec: dict[str, Any], *, key_id: str | None = None) -> Job:
+        from identity import jobs
+
+        return jobs.start_cluster_job(self, spec, key_id=key_id)
+
+    def cluster_job(self, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        from identity import jobs
+
+        return jobs.cluster_job(self, job_id, spec)
+
+    def job(self, job_id: str, *, with_outcomes: bool = True) -> Job:
+        from identity.store import jobs as job_store
+
+        return job_store.get_job(self.store, job_id, with_outcomes=with_outcomes)
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -404,3 +521,69 @@ class Service:
             outcomes += self.store.add_faces(items[start : start + 256], model=self.model_info)
         counts = Counter(o.status for o in outcomes)
         return {"persons": sorted(set(owners.values())), "images": dict(counts)}
+
+    # --- persons ----------------------------------------------------------------------------
+
+    def create_person(self, external_id: str, display_name: str | None = None,
+                      metadata: dict[str, Any] | None = None):
+        return self.store.create_person(external_id, display_name, metadata)
+
+    def person(self, ref: int | str):
+        """A person by id, external id or alias."""
+        return self.store.get_person(ref)
+
+    def persons(self, *, limit: int = 50, after: int | None = None, query: str | None = None):
+        """One keyset page of persons, in id order."""
+        return self.store.list_persons(limit=limit, after=after, query=query)
+
+    def person_faces(self, ref: int | str):
+        return self.store.person_faces(self.store.get_person(ref).id)
+
+    def update_person(self, ref: int | str, *, external_id: str | None = None,
+                      display_name: str | None = None, rename: bool = False,
+                      metadata: dict[str, Any] | None = None, replace_metadata: bool = False):
+        """Change what was given; `rename` says whether `display_name` was given (None clears it)."""
+        current = self.store.get_person(ref)
+        if external_id is not None and external_id != current.external_id:
+            current = self.store.set_external_id(current.id, external_id)
+        if rename:
+            current = self.store.rename_person(current.id, display_name)
+        if metadata is not None:
+            current = self.store.update_metadata(current.id, metadata, replace=replace_metadata)
+        return current
+
+    def rename_person(self, ref: int | str, display_name: str | None):
+        return self.store.rename_person(ref, display_name)
+
+    def merge_persons(self, keep: int | str, other: int | str):
+        return self.store.merge_persons(keep, other)
+
+    def delete_person(self, ref: int | str):
+        return self.store.delete_person(ref)
+
+    def export(self, out_dir: str | Path):
+        """Persons, faces and embeddings as Parquet + JSON, readable without this project."""
+        return self.store.export(out_dir)
+
+    # --- API keys -------------------------------------------------------------------------
+
+    def create_key(self, name: str, scopes: list[str]) -> tuple[str, str]:
+        """(key id, secret): the secret exists only in this return value; the store keeps a hash."""
+        from identity.store.keys import create_key
+
+        return create_key(self.store, name, scopes)
+
+    def keys(self):
+        from identity.store.keys import list_keys
+
+        return list_keys(self.store)
+
+    def revoke_key(self, key_id: str):
+        from identity.store.keys import revoke_key
+
+        return revoke_key(self.store, key_id)
+
+    def authenticate(self, secret: str):
+        from identity.store.keys import authenticate
+
+        return authenticate(self.store, secret)

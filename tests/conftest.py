@@ -100,7 +100,7 @@ def store(store_settings):
     """An open `identity.store.Store` on the test's own database."""
     from identity.store import Store
 
-    with Store(store_settings) as opened:
+    with Store.open(store_settings) as opened:
         yield opened
 
 
@@ -158,8 +158,7 @@ def service(store_settings, model_settings, pipeline):
         update={"models_dir": model_settings.models_dir, "cache_dir": model_settings.cache_dir,
                 "device": "cpu"}
     )
-    svc = Service(settings)
-    svc.__dict__["pipeline"] = pipeline  # same model settings: load the network once per session
+    svc = Service(settings, pipeline=pipeline)  # the session's network, loaded once
     yield svc
     svc.close()
 

@@ -133,7 +133,7 @@ def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_e
     merged = identity("persons", "merge", "biden", "joe", env=env)
     assert merged.returncode == 0 and "1 face(s) moved" in merged.stdout
     shown = json.loads(identity("persons", "show", "joe", "--json", env=env).stdout)
-    assert shown["external_id"] == "biden" and shown["aliases"] == ["joe"] and shown["faces"] == 2
+    assert shown["external_id"] == "biden" and shown["aliases"] == ["joe"] and shown["face_count"] == 2
 
     listed = json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]
     assert {p["external_id"]: p["display_name"] for p in listed} == {
@@ -253,7 +253,7 @@ def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, sto
     unnamed = [p for p in summary["saved"]["persons"] if p.startswith("unnamed-")]
     assert len(unnamed) == 1  # Rose Leslie's two photos: one new, unnamed person
 
-    persons = {p["external_id"]: p["faces"] for p in
+    persons = {p["external_id"]: p["face_count"] for p in
                json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]}
     assert persons["obama"] == 5 and persons[unnamed[0]] == 2  # obama2 was enrolled already
 

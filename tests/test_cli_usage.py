@@ -142,3 +142,19 @@ def test_the_installed_entry_point_behaves_the_same():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Missing argument 'B'" in result.stderr or "Missing argument 'b'" in result.stderr
+
+
+def test_the_cli_and_the_api_show_a_person_in_one_shape():
+    """`identity persons … --json` and `/v1/persons` are built from the same model."""
+    from datetime import datetime, timezone
+
+    from identity.api.schemas import PersonOut as ApiPerson
+    from identity.cli.persons import person_dict
+    from identity.store.types import Person
+    from identity.views import PersonOut
+
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ada = Person(7, "ada", "Ada", {"team": "x"}, when, when, aliases=("a",), face_count=2)
+    assert ApiPerson is PersonOut
+    assert person_dict(ada) == PersonOut.of(ada).model_dump(mode="json")
+    assert person_dict(ada)["face_count"] == 2 and person_dict(ada)["aliases"] == ["a"]

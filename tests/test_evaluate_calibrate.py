@@ -15,13 +15,16 @@ from hypothesis import strategies as st
 from identity.config import Settings
 from identity.errors import InputError
 from identity.evaluate.calibrate import (
+    CLUSTER_FLOORS,
+    CLUSTER_MERGES,
     all_pair_scores,
+    calibrate_clustering,
     calibrate_levels,
     threshold_for_far,
     thresholds_by_level,
     write_calibration,
 )
-from identity.faces import registry
+from identity.faces import models
 
 
 @given(
@@ -86,7 +89,7 @@ def test_all_pair_scores_enumerates_each_unordered_pair_once() -> None:
 
 def test_calibration_file_round_trip(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    spec = registry.get_model("facenet-keras-128")
+    spec = models.get_model("facenet-keras-128")
     assert (
         thresholds_by_level(spec, settings) == spec.thresholds
     )  # shipped defaults until calibrated
@@ -110,3 +113,50 @@ def test_calibration_file_round_trip(tmp_path: Path) -> None:
     assert thresholds_by_level(spec, settings) == {
         name: lt.similarity for name, lt in levels.items()
     }
+
+
+def _people(n_people: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres: 1 to 4 photos per person, `spread` noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_people, 64))
+    labels = np.repeat(np.arange(n_people), rng.integers(1, 5, n_people))
+    x = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
+    x = x + spread * rng.normal(size=x.shape) / np.sqrt(64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_clustering_calibration_picks_the_best_floor_of_the_grid() -> None:
+    from identity.cluster import ClusterParams
+
+    x, labels = _people(300, spread=0.5)
+    fit = calibrate_clustering(x, labels.astype(str), ClusterParams(), floors=(0.2, 0.5, 0.8, 0.95),
+                               merges=(0.9, 1.01))
+    assert len(fit.grid) == 8 and fit.n_faces == len(x) and fit.n_identities == 300
+    best = max(fit.grid, key=lambda row: (row["bcubed_f1"], row["bcubed_precision"]))
+    assert (fit.floor, fit.merge_similarity, fit.bcubed_f1) == (
+        best["floor"], best["merge_similarity"], best["bcubed_f1"]
+    )
+    assert fit.bcubed_f1 > 0.95
+    # a floor far above the same-person similarities leaves everyone alone: worse F1
+    assert min(r["bcubed_f1"] for r in fit.grid if r["floor"] == 0.95) < fit.bcubed_f1
+    assert "grid" not in fit.entry() and fit.entry()["floor"] == fit.floor
+
+
+def test_the_default_grid_spans_both_embedding_spaces() -> None:
+    # FaceNet's floor sits near 0.7, ArcFace's far lower; the merge can be switched off.
+    assert min(CLUSTER_FLOORS) <= 0.2 and max(CLUSTER_FLOORS) >= 0.85
+    assert max(CLUSTER_MERGES) > 1.0
+
+
+def test_calibration_file_carries_the_clustering_fit(tmp_path: Path) -> None:
+    from identity.cluster import ClusterParams
+
+    settings = Settings(data_dir=tmp_path, model="w600k-mbf-512")
+    spec = models.get_model("w600k-mbf-512")
+    x, labels = _people(100, spread=0.4, seed=1)
+    fit = calibrate_clustering(x, labels, ClusterParams(), floors=(0.3, 0.5), merges=(1.01,))
+    levels = calibrate_levels(np.linspace(-0.3, 0.4, 20_000))
+    path = write_calibration(levels, spec, settings, source="test", clustering=fit)
+    doc = json.loads(path.read_text())
+    assert doc["clustering"]["floor"] == fit.floor and "grid" not in doc["clustering"]
+    assert ClusterParams.from_settings(settings).threshold == fit.floor

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from identity.config import Settings
-from identity.evaluate.calibrate import thresholds_by_level, write_calibration
+from identity.cluster import ClusterParams
+from identity.evaluate.calibrate import (
+    CLUSTER_FLOORS,
+    CLUSTER_MERGES,
+    thresholds_by_level,
+    write_calibration,
+)
 from identity.evaluate.pairs import parse_pairs
 from identity.evaluate.runner import (
     EmbeddedImages,
@@ -144,6 +150,13 @@ def test_calibration_on_the_mini_tree(pipeline, mini_lfw, embedded, tmp_path) ->
     assert not strict.resolved  # a few hundred impostor pairs cannot resolve 1e-4
     assert report.n_no_face == 1
 
+    fit = report.clustering  # the floor and merge were fitted on the same faces
+    assert fit is not None and fit.n_faces == n and 0.0 < fit.bcubed_f1 <= 1.0
+    assert fit.floor in CLUSTER_FLOORS and fit.merge_similarity in CLUSTER_MERGES
+
     settings = Settings(data_dir=tmp_path)
-    write_calibration(report.levels, pipeline.spec, settings, source=report.source)
+    write_calibration(
+        report.levels, pipeline.spec, settings, source=report.source, clustering=fit
+    )
     assert thresholds_by_level(pipeline.spec, settings)["normal"] == normal.similarity
+    assert ClusterParams.from_settings(settings).threshold == fit.floor

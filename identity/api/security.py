@@ -10,7 +10,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from identity.errors import AuthenticationError, PermissionDeniedError
-from identity.store.keys import ApiKey, authenticate
+from identity.store.keys import ApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer idk_…`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: idk_…`")
@@ -24,7 +24,7 @@ def current_key(
     presented = header or (bearer.credentials if bearer else None)
     if not presented:
         raise AuthenticationError("an API key is required (Authorization: Bearer <key> or X-API-Key)")
-    key = authenticate(request.app.state.service.store, presented)
+    key = request.app.state.service.authenticate(presented)
     request.state.key = key
     return key
 

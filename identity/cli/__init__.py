@@ -12,7 +12,18 @@ import warnings
 
 import typer
 
-from identity.cli import cluster, doctor, enroll, evaluate, index, keys, models, persons, serve, vision
+from identity.cli import (
+    cluster,
+    doctor,
+    enroll,
+    evaluate,
+    index,
+    keys,
+    models,
+    persons,
+    serve,
+    vision,
+)
 from identity.cli._common import err
 from identity.errors import IdentityError
 

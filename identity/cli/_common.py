@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from identity.cli._common import Images, JsonOption, dump, out, progress, settings
-from identity.cli._common import service
+from identity.cli._common import Images, JsonOption, dump, out, progress, service, settings
 from identity.files import expand_images
 from identity.vocabulary import ClusterAlgorithm, FolderMode
 

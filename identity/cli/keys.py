@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from identity.cli._common import JsonOption, dump, out
-from identity.cli.persons import store
+from identity.cli._common import JsonOption, dump, out, service
 from identity.vocabulary import Scope
 
 app = typer.Typer(help="API keys for the HTTP API: create, list, revoke.")
@@ -22,11 +21,9 @@ def keys_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a key. The secret is printed once and stored only as a hash."""
-    from identity.store.keys import create_key
-
     scope = [s.value for s in scope or [Scope.read]]
-    with store() as db:
-        key_id, secret = create_key(db, name, scope)
+    with service() as svc:
+        key_id, secret = svc.create_key(name, scope)
     if as_json:
         dump({"key_id": key_id, "key": secret, "scopes": scope})
     else:
@@ -36,10 +33,8 @@ def keys_create(
 @app.command("list")
 def keys_list(as_json: JsonOption = False) -> None:
     """Keys with their scopes, last use and revocation (never the secrets)."""
-    from identity.store.keys import list_keys
-
-    with store() as db:
-        keys = list_keys(db)
+    with service() as svc:
+        keys = svc.keys()
     rows = [{"key_id": k.key_id, "name": k.name, "scopes": list(k.scopes),
              "created_at": k.created_at.isoformat(),
              "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
@@ -57,8 +52,6 @@ def keys_list(as_json: JsonOption = False) -> None:
 @app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument()]) -> None:
     """Revoke a key; requests with it fail from the next one on."""
-    from identity.store.keys import revoke_key
-
-    with store() as db:
-        key = revoke_key(db, key_id)
+    with service() as svc:
+        key = svc.revoke_key(key_id)
     out.print(f"revoked {key.key_id} ({key.name})", highlight=False)

@@ -8,21 +8,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from identity.cli._common import JsonOption, dump, out, settings
+from identity.cli._common import JsonOption, dump, out, service
+from identity.views import DeleteOut, MergeOut, PersonOut
 
 app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.")
 
 
 def person_dict(person) -> dict:
-    return {"id": person.id, "external_id": person.external_id, "display_name": person.display_name,
-            "faces": person.face_count, "aliases": list(person.aliases), "metadata": person.metadata,
-            "created_at": person.created_at.isoformat(), "updated_at": person.updated_at.isoformat()}
-
-
-def store():
-    from identity.store import Store
-
-    return Store(settings())
+    """The API's shape for a person (identity/views.py)."""
+    return PersonOut.of(person).model_dump(mode="json")
 
 
 @app.command("list")
@@ -33,8 +27,8 @@ def persons_list(
     as_json: JsonOption = False,
 ) -> None:
     """Persons, in id order, a page at a time."""
-    with store() as db:
-        page = db.list_persons(limit=limit, after=after, query=query)
+    with service() as svc:
+        page = svc.persons(limit=limit, after=after, query=query)
     if as_json:
         dump({"items": [person_dict(p) for p in page.items], "next_after": page.next_after})
         return
@@ -50,9 +44,9 @@ def persons_list(
 def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or alias.")],
                  as_json: JsonOption = False) -> None:
     """One person with their faces."""
-    with store() as db:
-        person = db.get_person(ref)
-        faces = db.person_faces(person.id)
+    with service() as svc:
+        person = svc.person(ref)
+        faces = svc.person_faces(person.id)
     record = person_dict(person)
     record["face_rows"] = [
         {"id": f.id, "source": f.source, "face_index": f.face_index,
@@ -74,10 +68,13 @@ def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or ali
 
 
 @app.command("rename")
-def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, typer.Argument()]) -> None:
+def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, typer.Argument()],
+                   as_json: JsonOption = False) -> None:
     """Set a person's display name."""
-    with store() as db:
-        person = db.rename_person(ref, name)
+    with service() as svc:
+        person = svc.rename_person(ref, name)
+    if as_json:
+        return dump(person_dict(person))
     out.print(f"{person.external_id}: {person.display_name}", highlight=False)
 
 
@@ -85,10 +82,14 @@ def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, t
 def persons_merge(
     keep: Annotated[str, typer.Argument(help="The person that stays.")],
     other: Annotated[str, typer.Argument(help="Merged into KEEP; its external id becomes an alias.")],
+    as_json: JsonOption = False,
 ) -> None:
     """Move every face of OTHER to KEEP."""
-    with store() as db:
-        result = db.merge_persons(keep, other)
+    with service() as svc:
+        result = svc.merge_persons(keep, other)
+    if as_json:
+        return dump(MergeOut(person=PersonOut.of(result.person), merged_external_id=result.merged_external_id,
+                             faces_moved=result.faces_moved).model_dump(mode="json"))
     out.print(f"merged {result.merged_external_id} into {result.person.external_id}: "
               f"{result.faces_moved} face(s) moved", highlight=False)
 
@@ -97,19 +98,25 @@ def persons_merge(
 def persons_delete(
     ref: Annotated[str, typer.Argument()],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Delete a person, their faces and embeddings, and images no other face uses."""
     if not yes and not typer.confirm(f"delete {ref} and all their faces?"):
         raise typer.Abort()
-    with store() as db:
-        result = db.delete_person(ref)
+    with service() as svc:
+        result = svc.delete_person(ref)
+    if as_json:
+        return dump(DeleteOut.model_validate(result, from_attributes=True).model_dump(mode="json"))
     out.print(f"deleted {result.external_id}: {result.faces_deleted} face(s), "
               f"{result.images_deleted} image(s)", highlight=False)
 
 
-def export(out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")]) -> None:
+def export(out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")],
+           as_json: JsonOption = False) -> None:
     """Persons, faces and embeddings as Parquet + JSON, readable without this project."""
-    with store() as db:
-        result = db.export(out_dir)
+    with service() as svc:
+        result = svc.export(out_dir)
+    if as_json:
+        return dump({"persons": result.persons, "faces": result.faces, "out_dir": str(result.out_dir)})
     out.print(f"exported {result.persons} person(s), {result.faces} face(s) to {result.out_dir}",
               highlight=False)

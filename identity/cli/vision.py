@@ -10,7 +10,16 @@ import numpy as np
 import typer
 
 from identity.cli._common import (
-    Images, JsonOption, dump, err, error_dict, face_dict, out, progress, service, warn_skipped,
+    Images,
+    JsonOption,
+    dump,
+    err,
+    error_dict,
+    face_dict,
+    out,
+    progress,
+    service,
+    warn_skipped,
 )
 from identity.errors import IdentityError, InputError, NoFaceError
 from identity.files import expand_images

@@ -11,7 +11,8 @@ from identity.cluster.api import (
 )
 from identity.cluster.knn import KnnGraph, knn_graph
 from identity.cluster.metrics import ClusterMetrics, evaluate_clustering
-from identity.cluster.quality import QualityThresholds, blur_score, quality_reasons
+from identity.cluster.quality import QualityThresholds, quality_reasons
+from identity.cluster.sharpness import blur_score
 from identity.cluster.types import UNCLUSTERED, ClusterResult, FaceSet
 
 __all__ = [

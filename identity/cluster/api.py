@@ -29,7 +29,10 @@ class ClusterParams:
     """`threshold` is a cosine similarity: the graph methods keep edges at or above it,
     DBSCAN uses eps = sqrt(2 − 2·threshold) on euclidean distance (the same cut), and
     incremental assignment requires it. HDBSCAN finds its own (relative) density cut and
-    uses the threshold only as an outlier floor (`detach_outliers`)."""
+    uses the threshold only as an outlier floor (`detach_outliers`).
+
+    The floor and the merge depend on the embedding space: `from_settings` takes them from
+    the configured model's calibration. The defaults here are facenet-keras-128's."""
 
     algorithm: Algorithm = "hdbscan"
     threshold: float = 0.70
@@ -46,9 +49,16 @@ class ClusterParams:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> ClusterParams:
+        """The configured parameters. The floor (`threshold`) and `merge_similarity` are the
+        model's (its calibration file, else its manifest entry), unless
+        IDENTITY_CLUSTER_THRESHOLD is set or `overrides` name them."""
+        from identity.faces import models  # torch and the networks: only when asked
+
+        model = models.clustering(models.get_model(settings.model), settings)
         params = cls(
             algorithm=settings.cluster_algorithm,
-            threshold=settings.cluster_threshold,
+            threshold=model.floor,
+            merge_similarity=model.merge_similarity,
             k=settings.cluster_k,
             min_cluster_size=settings.cluster_min_size,
             min_samples=settings.cluster_min_samples,

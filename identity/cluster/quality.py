@@ -24,19 +24,6 @@ class QualityThresholds:
     min_blur: float = 0.0
 
 
-def blur_score(crop: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the grey crop (Pech-Pacheco et al. 2000):
-    sharp edges give large second derivatives, blur flattens them. Compare crops of one
-    size only (the aligned crops are all image_size × image_size)."""
-    grey = np.asarray(crop, np.float32)
-    if grey.ndim == 3:
-        grey = grey @ np.array([0.299, 0.587, 0.114], np.float32)
-    lap = (
-        grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
-    )
-    return float(lap.var()) if lap.size else 0.0
-
-
 def quality_reasons(faces: FaceSet, thresholds: QualityThresholds) -> np.ndarray:
     """Per face, '' when it passes, else the first failed test's name. A test whose input
     the FaceSet lacks (no boxes, no probabilities, no crops) passes everyone."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from identity.cluster.sharpness import blur_score
 from identity.errors import InputError, ModelMismatchError
 from identity.faces.types import Face, ImageResult
 
@@ -69,8 +70,6 @@ class FaceSet:
 
         When the pipeline kept crops, each face's blur score is measured on the way and
         the crop itself is dropped unless `keep_crops` (crops cost ~77 kB a face)."""
-        from identity.cluster.quality import blur_score
-
         sources: list[str] = []
         sizes: list[tuple[int, int]] = []
         faces: list[Face] = []

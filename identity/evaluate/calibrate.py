@@ -15,20 +15,30 @@ set from *every* cross-identity pair of the embedded images (3,443 lfw-dev image
 allowed false accepts its threshold rests on. Those comparisons share images, so they
 are not independent; the count says what the threshold was fitted on, not a
 confidence interval.
+
+Clustering parameters (the similarity floor and HDBSCAN's sub-cluster merge) are cosine
+similarities as well, so they are calibrated with the thresholds, per model: the same
+labelled faces are clustered as if unlabelled over a grid of (floor, merge), and the pair
+with the best BCubed F1 against the folder names is kept (`calibrate_clustering`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from identity.config import Settings
 from identity.errors import InputError
-from identity.faces import registry
-from identity.faces.registry import ModelSpec
+from identity.faces import models
+from identity.faces.models import ModelSpec
+
+if TYPE_CHECKING:
+    from identity.cluster import ClusterParams
 
 LEVELS: dict[str, float] = {"loose": 1e-2, "normal": 1e-3, "strict": 1e-4}
 _GRID = 1e-6  # thresholds are stored with 6 decimals, rounded towards "stricter"
@@ -120,8 +130,88 @@ def all_pair_scores(
     return np.concatenate(impostor), np.concatenate(genuine)
 
 
+# --- clustering ------------------------------------------------------------------------------
+# The clustering floor and the sub-cluster merge are cosine similarities too, so they belong to
+# the embedding space: fitted per model, on labelled faces clustered as if unlabelled.
+
+# Wide enough for both spaces measured: FaceNet's cut lies near 0.7, ArcFace's much lower.
+CLUSTER_FLOORS: tuple[float, ...] = tuple(round(0.10 + 0.02 * i, 2) for i in range(41))  # .10-.90
+CLUSTER_MERGES: tuple[float, ...] = (
+    *(round(0.40 + 0.05 * i, 2) for i in range(12)),  # .40-.95
+    1.01,  # no merge
+)
+
+
+@dataclass(frozen=True)
+class ClusteringFit:
+    """The floor and merge with the best BCubed F1 (ties: the better precision), and the
+    grid they were chosen from."""
+
+    algorithm: str
+    floor: float
+    merge_similarity: float
+    bcubed_precision: float
+    bcubed_recall: float
+    bcubed_f1: float
+    pairwise_f1: float
+    n_faces: int
+    n_identities: int
+    grid: list[dict] = field(default_factory=list, repr=False)  # floor, merge, F1, P, R
+
+    def entry(self) -> dict:
+        """What the calibration file records (everything but the grid)."""
+        body = asdict(self)
+        body.pop("grid")
+        return body
+
+
+def calibrate_clustering(
+    embeddings: np.ndarray,
+    labels: Sequence[str] | np.ndarray,
+    params: ClusterParams,
+    *,
+    image_index: np.ndarray | None = None,
+    floors: Sequence[float] = CLUSTER_FLOORS,
+    merges: Sequence[float] = CLUSTER_MERGES,
+) -> ClusteringFit:
+    """Cluster the faces with every (floor, merge) of the grid and `params` otherwise, and
+    score each clustering against `labels` (BCubed F1). One kNN graph serves the grid."""
+    from identity.cluster import FaceSet, cluster_faces, evaluate_clustering, knn_graph
+
+    truth = np.asarray(labels)
+    if len(truth) != len(embeddings) or len(truth) == 0:
+        raise InputError(f"{len(embeddings)} faces but {len(truth)} labels to calibrate clustering on")
+    faces = FaceSet.from_embeddings(np.asarray(embeddings, np.float32), image_index)
+    graph = knn_graph(faces.embeddings, params.k, exact_max=params.exact_max)
+    best: tuple | None = None
+    grid = []
+    for floor in floors:
+        for merge in merges:
+            trial = replace(params, threshold=float(floor), merge_similarity=float(merge))
+            m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=graph).labels)
+            grid.append({"floor": floor, "merge_similarity": merge, "bcubed_f1": m.bcubed_f1,
+                         "bcubed_precision": m.bcubed_precision, "bcubed_recall": m.bcubed_recall})
+            key = (round(m.bcubed_f1, 6), round(m.bcubed_precision, 6))
+            if best is None or key > best[0]:
+                best = (key, floor, merge, m)
+    assert best is not None
+    _, floor, merge, m = best
+    return ClusteringFit(
+        algorithm=str(params.algorithm),
+        floor=float(floor),
+        merge_similarity=float(merge),
+        bcubed_precision=m.bcubed_precision,
+        bcubed_recall=m.bcubed_recall,
+        bcubed_f1=m.bcubed_f1,
+        pairwise_f1=m.pairwise_f1,
+        n_faces=len(truth),
+        n_identities=len(np.unique(truth)),
+        grid=grid,
+    )
+
+
 # --- calibration file ------------------------------------------------------------------------
-# One writer and one reader of the file: the model registry's. Calibration adds, next to the
+# One writer and one reader of the file: identity.faces.models.calibration. Calibration adds, next to the
 # `similarity` and `far` it reads, the figures that explain each number.
 
 
@@ -144,13 +234,25 @@ def level_entries(levels: dict[str, LevelThreshold]) -> dict[str, dict]:
 
 
 def write_calibration(
-    levels: dict[str, LevelThreshold], spec: ModelSpec, settings: Settings, *, source: str
+    levels: dict[str, LevelThreshold],
+    spec: ModelSpec,
+    settings: Settings,
+    *,
+    source: str,
+    clustering: ClusteringFit | None = None,
 ) -> Path:
-    """Store thresholds with the model version (`data_dir/calibration/<name>@<version>.json`)."""
-    return registry.save_calibration(spec, settings, level_entries(levels), source)
+    """Store thresholds (and clustering parameters) with the model version
+    (`data_dir/calibration/<name>@<version>.json`)."""
+    return models.save_calibration(
+        spec,
+        settings,
+        level_entries(levels),
+        source,
+        clustering=None if clustering is None else clustering.entry(),
+    )
 
 
 def thresholds_by_level(spec: ModelSpec, settings: Settings) -> dict[str, float]:
     """Thresholds (cosine similarity) by level name (`loose`, `normal`, `strict`): the
     calibration file's where one exists, else the manifest's shipped defaults."""
-    return registry.load_thresholds(spec, settings)
+    return models.load_thresholds(spec, settings)

@@ -25,8 +25,10 @@ from identity.config import Settings
 from identity.errors import InputError
 from identity.evaluate.calibrate import (
     LEVELS,
+    ClusteringFit,
     LevelThreshold,
     all_pair_scores,
+    calibrate_clustering,
     calibrate_levels,
     write_calibration,
 )
@@ -41,7 +43,7 @@ from identity.evaluate.pairs import PairList, parse_pairs
 from identity.evaluate.report import plot_roc, write_json
 from identity.faces.align import crop
 from identity.faces.embed import Embedder
-from identity.faces.registry import ModelSpec
+from identity.faces.models import AlignMethod, ModelSpec
 from identity.faces.types import ImageResult
 from identity.files import is_image_path
 
@@ -60,6 +62,7 @@ class Pipeline(Protocol):
     settings: Settings
     spec: ModelSpec
     embedder: Embedder
+    alignment: AlignMethod  # the model's, unless the settings override it
 
     @property
     def model_name(self) -> str: ...
@@ -213,7 +216,11 @@ def run_lfw(
     report = LfwReport(
         model=pipeline.model_name,
         model_version=pipeline.model_version,
-        alignment=settings.alignment,
+        alignment=(
+            str(pipeline.alignment)
+            if pipeline.alignment == AlignMethod.CROP
+            else f"{pipeline.alignment}/{pipeline.spec.template}"
+        ),
         flip=settings.flip,
         pairs_file=str(pairs_file),
         image_dir=str(image_dir),
@@ -330,6 +337,7 @@ class CalibrationReport:
     n_no_face: int
     levels: dict[str, LevelThreshold]
     pairs_file_far: dict[str, float]  # FAR of each threshold on the file's own different pairs
+    clustering: ClusteringFit | None = None
     path: str | None = None
 
     def to_dict(self) -> dict:
@@ -342,12 +350,17 @@ def run_calibration(
     pairs_file: Path | str,
     *,
     levels: dict[str, float] = LEVELS,
+    clustering: bool = True,
     write: bool = True,
     progress: Progress | None = None,
     embedded: EmbeddedImages | None = None,
 ) -> CalibrationReport:
     """Thresholds for target FARs from every cross-identity pair of the images the pairs
-    file names (detected faces only), stored under the model version when `write`."""
+    file names (detected faces only), and (with `clustering`) the clustering floor and
+    merge that cluster those faces best by BCubed F1 against their folder names; stored
+    under the model version when `write`."""
+    from identity.cluster import ClusterParams
+
     pairs = load_pairs(Path(image_dir), Path(pairs_file))
     paths = pairs.unique_paths()
     if embedded is None:
@@ -361,6 +374,12 @@ def run_calibration(
         f"{Path(pairs_file).name} images in {image_dir}: {len(keep)} detected faces, "
         f"{impostor.size} cross-identity and {genuine.size} same-identity pairs"
     )
+    fit = None
+    if clustering:
+        # Each image's one (central) face, clustered as if unlabelled, scored by folder name.
+        params = ClusterParams.from_settings(pipeline.settings)
+        fit = calibrate_clustering(embedded.embeddings[keep], names, params)
+        source += f"; clustering: {fit.n_faces} faces of {fit.n_identities} people ({fit.algorithm})"
     scores, labels = score_pairs(pairs, embedded), pairs.labels
     on_file = {
         name: float(np.mean(scores[~labels] >= lt.similarity)) for name, lt in thresholds.items()
@@ -373,9 +392,12 @@ def run_calibration(
         n_no_face=int(len(paths) - len(keep)),
         levels=thresholds,
         pairs_file_far=on_file,
+        clustering=fit,
     )
     if write:
         report.path = str(
-            write_calibration(thresholds, pipeline.spec, pipeline.settings, source=source)
+            write_calibration(
+                thresholds, pipeline.spec, pipeline.settings, source=source, clustering=fit
+            )
         )
     return report

@@ -8,21 +8,22 @@ Two methods:
 * ``similarity``: a 4-degree-of-freedom similarity transform (rotation, uniform scale,
   translation) that maps the 5 detected landmarks onto a template, which removes head roll.
 
-The template is the mean landmark position of ``crop``-aligned faces of LFW (margin 32,
-160 px), so both methods frame faces the way the FaceNet weights were trained on: only
-the in-plane rotation and jitter differ. `benchmarks/bench_lfw.py` measures both.
+The landmark template is a property of the model (`template` in its manifest entry):
+
+* ``facenet``: the mean landmark position of ``crop``-aligned faces of LFW (margin 32,
+  160 px), so both methods frame faces the way the FaceNet weights were trained on: only
+  the in-plane rotation and jitter differ. `benchmarks/bench_lfw.py` measures both.
+* ``arcface``: InsightFace's template for 112×112 crops, on which its ArcFace models
+  (`w600k_mbf`) were trained.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from PIL import Image
 
+from identity.faces.models.kinds import AlignMethod, Template
 from identity.faces.types import DetectedFace
-
-Method = Literal["crop", "similarity"]
 
 # Mean (x, y) of the five MTCNN landmarks in 160×160 margin-32 crops of 800 lfw-dev faces
 # (benchmarks/derive_template.py), made mirror-symmetric, in a unit square: left eye,
@@ -37,21 +38,37 @@ TEMPLATE_UNIT = np.array(
     ],
     dtype=np.float64,
 )
+# InsightFace's ArcFace template (arcface_torch, `utils/face_align.py`) in a 112×112 crop:
+# left eye, right eye, nose, left and right mouth corners.
+ARCFACE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+TEMPLATES: dict[Template, np.ndarray] = {
+    Template.FACENET: TEMPLATE_UNIT,
+    Template.ARCFACE: ARCFACE_112 / 112.0,
+}
 
 
 def align(
     pixels: np.ndarray,
     face: DetectedFace,
     *,
-    method: Method = "crop",
+    method: AlignMethod | str = AlignMethod.CROP,
     image_size: int = 160,
     margin: int = 32,
+    template: Template | str = Template.FACENET,
 ) -> np.ndarray:
-    if method == "crop":
+    method = AlignMethod.parse(method, "alignment method")
+    if method == AlignMethod.CROP:
         return crop(pixels, face.box, image_size=image_size, margin=margin)
-    if method == "similarity":
-        return warp(pixels, face.landmarks, image_size=image_size)
-    raise ValueError(f"unknown alignment method {method!r}; use 'crop' or 'similarity'")
+    return warp(pixels, face.landmarks, image_size=image_size, template=template)
 
 
 def crop(
@@ -90,9 +107,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def warp(pixels: np.ndarray, landmarks: np.ndarray, *, image_size: int = 160) -> np.ndarray:
-    template = TEMPLATE_UNIT * image_size
-    forward = similarity_transform(np.asarray(landmarks).reshape(5, 2), template)
+def warp(
+    pixels: np.ndarray,
+    landmarks: np.ndarray,
+    *,
+    image_size: int = 160,
+    template: Template | str = Template.FACENET,
+) -> np.ndarray:
+    points = TEMPLATES[Template.parse(template, "landmark template")] * image_size
+    forward = similarity_transform(np.asarray(landmarks).reshape(5, 2), points)
     # Pillow's AFFINE wants the output→input mapping.
     inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]
     image = Image.fromarray(pixels).transform(

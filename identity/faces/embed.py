@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
-Normalization = Literal["per_image", "fixed"]
+from identity.faces.models.kinds import Normalization
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -16,10 +14,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def standardize(batch: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+def standardize(batch: torch.Tensor, normalization: Normalization | str) -> torch.Tensor:
     """N×3×H×W float in 0..255 → the network's input scale."""
-    if normalization == "fixed":
+    normalization = Normalization.parse(normalization, "normalization")
+    if normalization == Normalization.FIXED:
         return (batch - 127.5) / 128.0
+    if normalization == Normalization.SYMMETRIC:
+        return (batch - 127.5) / 127.5
     # facenet's prewhiten: per-image standardisation, std floored so flat crops don't explode.
     flat = batch.flatten(1)
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
@@ -31,8 +32,11 @@ def standardize(batch: torch.Tensor, normalization: Normalization) -> torch.Tens
 class Embedder:
     """Wraps an embedding network. `embed` takes uint8 crops and returns unit vectors.
 
-    With `flip`, the embedding of the mirrored crop is added before normalising (a free
-    test-time augmentation that usually gains a few tenths of a point on LFW)."""
+    With `flip`, the network's output for the mirrored crop is added before normalising (a
+    free test-time augmentation that usually gains a few tenths of a point on LFW; the raw
+    outputs are summed, as InsightFace does, so for a network whose outputs are not unit
+    vectors the longer one weighs more). `normalize=False` returns the raw sum, for
+    evaluation code that combines passes itself."""
 
     def __init__(
         self,
@@ -40,10 +44,11 @@ class Embedder:
         *,
         dim: int,
         input_size: int,
-        normalization: Normalization,
+        normalization: Normalization | str,
         device: torch.device | str = "cpu",
         flip: bool = True,
         batch_size: int = 32,
+        normalize: bool = True,
     ) -> None:
         self.device = torch.device(device)
         # Channels-last: faster convolutions on CPU (oneDNN) and on tensor-core GPUs;
@@ -51,9 +56,10 @@ class Embedder:
         self.network = network.to(self.device, memory_format=torch.channels_last).eval()
         self.dim = dim
         self.input_size = input_size
-        self.normalization = normalization
+        self.normalization = Normalization.parse(normalization, "normalization")
         self.flip = flip
         self.batch_size = batch_size
+        self.normalize = normalize
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:
@@ -78,5 +84,7 @@ class Embedder:
             vectors = both[: len(chunk)] + both[len(chunk) :]
         else:
             vectors = self.network(batch)
-        vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
+        vectors = vectors.float()
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
         return vectors.cpu().numpy()

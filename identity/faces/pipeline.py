@@ -25,7 +25,7 @@ import torch
 
 from identity.config import Settings, get_settings
 from identity.errors import InputError
-from identity.faces import registry
+from identity.faces import models
 from identity.faces.align import align
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import Detector, Selection, select_faces
@@ -73,8 +73,10 @@ class FacePipeline:
         self.settings = settings or get_settings()
         self.device = resolve_device(self.settings.device)
         configure_threads(self.settings, self.device)
-        self.spec = registry.get_model(self.settings.model)
-        network = registry.load_network(self.spec, self.settings, device=self.device)
+        self.spec = models.get_model(self.settings.model)
+        # The model's alignment and landmark template, unless IDENTITY_ALIGNMENT is set.
+        self.alignment = models.alignment_method(self.spec, self.settings)
+        network = models.load_network(self.spec, self.settings, device=self.device)
         self.embedder = Embedder(
             network,
             dim=self.spec.dim,
@@ -139,9 +141,10 @@ class FacePipeline:
             align(
                 image.pixels,
                 face,
-                method=self.settings.alignment,
+                method=self.alignment,
                 image_size=self.spec.input_size,
                 margin=self.settings.margin,
+                template=self.spec.template,
             )
             for image, faces in zip(images, chosen)
             for face in faces

@@ -36,9 +36,9 @@ import numpy as np
 from identity.config import Settings
 from identity.errors import IndexUnavailableError, ModelMismatchError
 from identity.index.face_index import FaceIndex
-from identity.index.results import QueryResult
 from identity.index.snapshot import load_snapshot, read_meta, snapshot_dir, write_snapshot
-from identity.index.spec import IndexSpec, choose_spec
+from identity.index.spec import IndexSpec, choose
+from identity.search_results import QueryResult
 from identity.store.types import Change, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class IndexStatus:
     snapshot_watermark: int | None
     snapshot_age_s: float | None
     last_sync_at: float | None  # time.time() of the last successful sync
+    chosen_because: str | None = None  # why this index type and parameters (spec.choose)
+    memory_estimate_mb: float | None = None  # of the index at its size when chosen
+    memory_budget_mb: float | None = None
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -88,11 +91,16 @@ def build_index(
     for ids, persons, vectors in batches:
         if len(ids):
             staging.add(ids, persons, vectors)
-    spec = choose_spec(settings, staging.count, dim, kind=kind)  # type: ignore[arg-type]
+    choice = choose(settings, staging.count, dim, kind=kind)  # type: ignore[arg-type]
+    spec = choice.spec
+    log.info("index: %s", choice.reason)
     if spec.kind == "flat":
-        return FaceIndex(spec, use_gpu=settings.index_use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
-    log.info("index: converting %d staged faces to %s", staging.count, spec.describe())
-    return staging.rebuilt_as(spec, use_gpu=settings.index_use_gpu)
+        index = FaceIndex(spec, use_gpu=settings.index_use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
+    else:
+        log.info("index: converting %d staged faces to %s", staging.count, spec.describe())
+        index = staging.rebuilt_as(spec, use_gpu=settings.index_use_gpu)
+    index.choice = choice
+    return index
 
 
 class IndexMirror:
@@ -335,6 +343,9 @@ class IndexMirror:
             snapshot_watermark=meta.watermark if meta else None,
             snapshot_age_s=(time.time() - meta.created_at) if meta else None,
             last_sync_at=self._last_sync_at,
+            chosen_because=index.choice.reason if index and index.choice else None,
+            memory_estimate_mb=round(index.choice.memory_bytes / 2**20, 1) if index and index.choice else None,
+            memory_budget_mb=round(index.choice.budget_bytes / 2**20, 1) if index and index.choice else None,
         )
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NO_PERSON = -1
+from identity.search_results import NO_PERSON as NO_PERSON
+
 ABSENT = -2
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from identity.index.face_index import FaceIndex
 from identity.index.persons import PersonMap
-from identity.index.spec import IndexSpec
+from identity.index.spec import Choice, IndexSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class SnapshotMeta:
     faiss_file: str
     map_file: str
     created_at: float
+    # Why the index was chosen so (spec.Choice), so that a loaded snapshot can say it too.
+    choice: dict | None = None
 
     @property
     def index_spec(self) -> IndexSpec:
@@ -107,6 +109,9 @@ def write_snapshot(
         faiss_file=faiss_path.name,
         map_file=map_path.name,
         created_at=time.time(),
+        choice=None if index.choice is None else {
+            "reason": index.choice.reason, "memory_bytes": index.choice.memory_bytes,
+            "budget_bytes": index.choice.budget_bytes},
     )
     tmp = directory / f".{CURRENT}.{secrets.token_hex(4)}"
     with open(tmp, "w") as fh:
@@ -183,5 +188,8 @@ def load_snapshot(
         log.warning("index snapshot %s discarded: %s; rebuilding from the database", directory, why)
         return None
     index = FaceIndex(meta.index_spec, use_gpu=use_gpu, cpu_index=cpu_index, persons=persons)
+    if meta.choice:
+        index.choice = Choice(meta.index_spec, meta.choice["reason"],
+                              int(meta.choice["memory_bytes"]), int(meta.choice["budget_bytes"]))
     log.info("index snapshot loaded: %d faces at watermark %d (%s)", index.count, meta.watermark, index.spec.describe())
     return index, meta

@@ -3,14 +3,21 @@
 Vectors are L2-normalised, so inner product equals cosine similarity: every index
 here uses METRIC_INNER_PRODUCT.
 
-Default rule (index_type="auto", N = number of faces, d = dimension):
+Default rule (index_type="auto", N = number of faces, d = dimension, B = memory budget,
+`index_memory_budget_mb`, default half of the machine's RAM). `choose()` returns the
+spec together with the reason, which `identity index status` shows.
 
-* N <= settings.index_exact_max          → "flat": IndexFlatIP in an IndexIDMap2. Exact.
-* N * d * 4 bytes <= PQ_ABOVE_BYTES      → "ivf": IVF-Flat. Same memory as flat, a
-                                            fraction of the scan.
-* beyond                                  → "ivfpq": IVF-PQ, d/4 bytes per vector.
-* "hnsw" only when asked for: fastest queries, but slow to build, no removal
-  (tombstones, see face_index.py) and no GPU version in faiss.
+* "flat" (exact) while N <= index_exact_max and its memory fits B: float32 rows + int8
+  codes, 5·d bytes a face (exact.py: an int8 scan re-ranked exactly). On a CPU an exact
+  query reads d bytes a face, so its latency grows with N·d; index_exact_max caps it.
+* "hnsw" while N <= HNSW_MAX and float32 rows + graph (4·d + 8·M bytes a face) fit B:
+  the only index type measured at recall@10 >= 0.95 under a millisecond on face-like
+  data (IVF-Flat needs a quarter of its lists for that). Not on a GPU (faiss has no GPU
+  HNSW): with a usable GPU, IVF-Flat (GPU-friendly) takes its place. Above HNSW_MAX the
+  graph's build time on a CPU (single-digit hours at 10M on two cores) rules it out.
+* "ivf" when it fits B and HNSW does not apply; else "ivfpq" with the largest number of
+  8-bit sub-quantizers (a divisor of d, at most d/4) whose codes fit B.
+* "hnsw" only when asked for below index_exact_max.
 
 Parameter defaults derived from N (each overridable in Settings):
 
@@ -21,7 +28,10 @@ Parameter defaults derived from N (each overridable in Settings):
   of *face ids* is only 0.67 (0.80 at 64); recall@10 >= 0.95 needs nprobe ≈ nlist/4.
   The tail of a face's top-10 is near-equidistant strangers, which IVF finds poorly.
 * pq_m   = d/4 sub-quantizers of 8 bits (d/4 bytes per vector, 16x smaller than float32).
-* hnsw M = settings.index_hnsw_m (32); efConstruction 64; efSearch = max(64, 2k).
+* hnsw M = settings.index_hnsw_m (32); efConstruction 64; efSearch grows with sqrt(N)
+  (`default_ef_search`): the steps a greedy graph search needs to reach the same recall
+  grow with the graph, and on face-like data recall@10 >= 0.95 took efSearch 32 at 100k
+  and about 96 at 1M (BENCHMARKS.md, "Search").
 * IVF trains on a sample of max(50*nlist, 100k) vectors (capped at N); FAISS wants at
   least 39 points per centroid and more buys nothing measurable.
 """
@@ -29,6 +39,7 @@ Parameter defaults derived from N (each overridable in Settings):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -40,8 +51,10 @@ from identity.errors import ConfigError
 
 IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 
-PQ_ABOVE_BYTES = 4 * 1024**3
+PQ_ABOVE_BYTES = 4 * 1024**3  # kept for callers; the budget rule below replaces it
 HNSW_EF_CONSTRUCTION = 64
+HNSW_MAX = 5_000_000
+ID_BYTES = 24  # id_map (8) + PersonMap ids and persons (16), per face
 
 
 @dataclass(frozen=True)
@@ -93,17 +106,112 @@ def default_pq_m(dim: int) -> int:
     return 1
 
 
+def default_ef_search(n: int) -> int:
+    return int(min(1024, max(32, round(32 * math.sqrt(max(n, 1) / 100_000)))))
+
+
+def memory_budget(settings: Settings) -> tuple[int, str]:
+    """(bytes, where the figure comes from): `index_memory_budget_mb`, else half the RAM."""
+    mb = getattr(settings, "index_memory_budget_mb", None)
+    if mb:
+        return int(mb) * 2**20, "index_memory_budget_mb"
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 2**30
+    return ram // 2, "half of RAM (index_memory_budget_mb unset)"
+
+
+def index_bytes(kind: str, n: int, dim: int, *, hnsw_m: int = 32, pq_m: int = 0, nlist: int = 0) -> int:
+    """Resident bytes of an index of `n` faces, ids and person map included (estimate:
+    FAISS's allocations plus our arrays; vectors dominate)."""
+    if kind == "flat":
+        per = 4 * dim + dim  # float32 rows + int8 codes of the exact scan
+    elif kind == "hnsw":
+        per = 4 * dim + 2 * hnsw_m * 4 + hnsw_m * 4 // 2 + 16  # rows, level-0 links, upper levels, offsets
+    elif kind == "ivf":
+        per = 4 * dim + 8
+    else:
+        per = (pq_m or default_pq_m(dim)) + 8
+    fixed = 4 * dim * nlist if kind in ("ivf", "ivfpq") else 0
+    return n * (per + ID_BYTES) + fixed
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The index chosen for N faces and why; shown by `identity index status`."""
+
+    spec: IndexSpec
+    reason: str
+    memory_bytes: int  # estimate for the chosen index at N faces
+    budget_bytes: int
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
 def choose_kind(settings: Settings, n: int, dim: int) -> IndexKind:
-    if settings.index_type != "auto":
-        return settings.index_type
-    if n <= settings.index_exact_max:
-        return "flat"
-    return "ivf" if n * dim * 4 <= PQ_ABOVE_BYTES else "ivfpq"
+    return choose(settings, n, dim).spec.kind
+
+
+def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = None,
+           gpu: bool | None = None) -> Choice:
+    """The index for `n` faces of dimension `dim` under the memory budget, and why.
+    `gpu`: whether a GPU will search it (default: index_use_gpu and faiss sees one)."""
+    budget, budget_from = memory_budget(settings)
+    fits = f"the memory budget {_gib(budget)} ({budget_from})"
+    m = settings.index_hnsw_m
+    if kind is not None or settings.index_type != "auto":
+        kind = kind or settings.index_type
+        spec = _spec(settings, n, dim, kind)
+        mem = index_bytes(kind, n, dim, hnsw_m=m, pq_m=spec.pq_m, nlist=spec.nlist)
+        why = f"index_type={kind} asked for" if kind == settings.index_type else f"{kind} asked for by the caller"
+        over = "" if mem <= budget else f"; over {fits}"
+        return Choice(spec, f"{why}: {spec.describe()}, about {_gib(mem)} at {n:,} faces{over}", mem, budget)
+    if gpu is None:
+        from identity.index.device import gpu_count
+
+        gpu = bool(settings.index_use_gpu) and gpu_count() > 0
+    size = f"{n:,} faces × {dim}-d"
+    flat = index_bytes("flat", n, dim)
+    if n <= settings.index_exact_max and flat <= budget:
+        spec = _spec(settings, n, dim, "flat")
+        return Choice(spec, f"exact: {size} <= index_exact_max {settings.index_exact_max:,} and "
+                            f"{_gib(flat)} fits {fits}", flat, budget)
+    why = (f"{size} > index_exact_max {settings.index_exact_max:,}" if n > settings.index_exact_max
+           else f"exact search needs {_gib(flat)}, over {fits}")
+    hnsw = index_bytes("hnsw", n, dim, hnsw_m=m)
+    if not gpu and n <= HNSW_MAX and hnsw <= budget:
+        spec = _spec(settings, n, dim, "hnsw")
+        return Choice(spec, f"{why}; HNSW (float32 rows + graph, {_gib(hnsw)}) fits {fits} and "
+                            f"{n:,} <= {HNSW_MAX:,} faces (graph build time)", hnsw, budget)
+    not_hnsw = ("a GPU will search it (faiss has no GPU HNSW)" if gpu
+                else f"{n:,} > {HNSW_MAX:,} faces (HNSW build time)" if n > HNSW_MAX
+                else f"HNSW needs {_gib(hnsw)}, over {fits}")
+    ivf_spec = _spec(settings, n, dim, "ivf")
+    ivf = index_bytes("ivf", n, dim, nlist=ivf_spec.nlist)
+    if ivf <= budget:
+        return Choice(ivf_spec, f"{why}; {not_hnsw}; IVF-Flat ({_gib(ivf)}) fits {fits}", ivf, budget)
+    spec = _spec(settings, n, dim, "ivfpq")
+    if not settings.index_pq_m:
+        # The most sub-quantizers (best recall) whose codes still fit.
+        for pq_m in sorted({m_ for m_ in range(1, max(1, dim // 4) + 1) if dim % m_ == 0}, reverse=True):
+            if index_bytes("ivfpq", n, dim, pq_m=pq_m, nlist=spec.nlist) <= budget:
+                break
+        spec = replace(spec, pq_m=pq_m)
+    mem = index_bytes("ivfpq", n, dim, pq_m=spec.pq_m, nlist=spec.nlist)
+    over = "" if mem <= budget else f"; still over {fits}: raise the budget or shard"
+    return Choice(spec, f"{why}; {not_hnsw}; float32 rows ({_gib(ivf)}) over {fits}: IVF-PQ with "
+                        f"{spec.pq_m} bytes a face ({_gib(mem)}){over}", mem, budget)
 
 
 def choose_spec(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = None) -> IndexSpec:
     """The index for `n` faces of dimension `dim`: settings first, defaults derived from n."""
-    kind = kind or choose_kind(settings, n, dim)
+    return choose(settings, n, dim, kind=kind).spec
+
+
+def _spec(settings: Settings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
     nlist = settings.index_nlist or default_nlist(n)
     pq_m = settings.index_pq_m or default_pq_m(dim)
     if kind == "ivfpq" and dim % pq_m:
@@ -112,7 +220,7 @@ def choose_spec(settings: Settings, n: int, dim: int, *, kind: IndexKind | None 
         kind=kind,
         dim=dim,
         hnsw_m=settings.index_hnsw_m,
-        ef_search=settings.index_ef_search or 64,
+        ef_search=settings.index_ef_search or default_ef_search(n),
     )
     if kind in ("ivf", "ivfpq"):
         spec = replace(spec, nlist=nlist, nprobe=min(nlist, settings.index_nprobe or default_nprobe(nlist)))

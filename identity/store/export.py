@@ -12,15 +12,14 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from identity.store.changes import read_watermark
+from identity.store.core import StoreCore
+from identity.store.faces import copy_embeddings
 from identity.store.types import ExportResult
-
-if TYPE_CHECKING:
-    from identity.store.store import Store
 
 FORMAT_VERSION = 1
 _BATCH = 50_000
@@ -98,12 +97,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def export(store: Store, out_dir: Path) -> ExportResult:
+def export(store: StoreCore, out_dir: Path) -> ExportResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     with store.connection() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        watermark = int(conn.execute("SELECT coalesce(max(seq), 0) FROM change_log").fetchone()[0])
+        watermark = read_watermark(conn)
         persons = _write_persons(conn, out_dir / "persons.parquet")
         faces = _write_faces(conn, out_dir / "faces.parquet")
         files += ["persons.parquet", "faces.parquet"]
@@ -168,8 +167,6 @@ def _write_faces(conn, path: Path) -> int:
 
 
 def _write_embeddings(conn, path: Path, model: str, dim: int) -> None:
-    from identity.store.store import _copy_embeddings
-
     schema = pa.schema(
         [
             pa.field("face_id", pa.int64(), nullable=False),
@@ -180,7 +177,7 @@ def _write_embeddings(conn, path: Path, model: str, dim: int) -> None:
     )
     with pq.ParquetWriter(path, schema) as writer:
         wrote = False
-        for ids, person_ids, vectors in _copy_embeddings(conn, model, dim, _BATCH):
+        for ids, person_ids, vectors in copy_embeddings(conn, model, dim, batch_rows=_BATCH):
             embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
             persons = pa.array(person_ids, pa.int64(), mask=person_ids < 0)
             writer.write_table(pa.Table.from_arrays([pa.array(ids), persons, embedding], schema=schema))

@@ -59,6 +59,19 @@ def pending_url(url: str) -> list[str]:
         return [m.id for m in backend.to_apply(migrations)]
 
 
+def ensure_schema(url: str, *, migrate: bool) -> None:
+    """Apply pending migrations, or refuse a stale schema with the command that fixes it."""
+    if migrate:
+        upgrade_url(url)
+        return
+    pending = pending_url(url)
+    if pending:
+        raise StoreError(
+            f"the database at {redact(url)} lacks migrations {', '.join(pending)}; "
+            "run `identity db upgrade`"
+        )
+
+
 def upgrade(settings: Settings) -> list[str]:
     """`identity db upgrade`: bring the configured database (embedded or not) up to date."""
     from identity.store.embedded import embedded_url

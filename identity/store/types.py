@@ -37,6 +37,23 @@ class PersonPage:
 
 
 @dataclass(frozen=True)
+class FaceRow:
+    """A stored face, without its embedding (for listings)."""
+
+    id: int
+    image_id: int
+    image_sha256: str
+    source: str | None
+    face_index: int
+    box: tuple[float, float, float, float]
+    det_prob: float
+    quality: float
+    model: str
+    model_version: str
+    person_id: int | None
+
+
+@dataclass(frozen=True)
 class KnownFace:
     face_id: int
     face_index: int

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 from psycopg import sql
 
-from identity.index.results import QueryResult, aggregate
+from identity.search_results import QueryResult, aggregate
 
 DEFAULT_EF_SEARCH = 64
 

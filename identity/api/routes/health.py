@@ -41,9 +41,9 @@ def readiness(app) -> dict[str, dict]:
     except Exception as exc:
         checks["database"] = {"ok": False, "error": getattr(exc, "message", type(exc).__name__)}
         checks["migrations"] = {"ok": False}
-    loaded = "pipeline" in service.__dict__
-    checks["model"] = {"ok": loaded, "name": service.settings.model}
-    if "index" in service.__dict__:
+    opened = service.opened()
+    checks["model"] = {"ok": opened["pipeline"], "name": service.settings.model}
+    if opened["index"]:
         status = service.index.status()
         checks["index"] = {"ok": status.ready and status.lag is not None, "faces": status.count,
                            "watermark": status.watermark, "lag": status.lag}

@@ -1,10 +1,11 @@
-"""/v1/search, /v1/verify, /v1/detect: one request, answered in this process."""
+"""/search, /verify, /detect (under /v1): one request, answered in this process."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import Depends, File, Form, Request, UploadFile
 
-from identity.api.deps import count_faces, get_service, model_call
+from identity.api.deps import ServiceDep, count_faces, model_call
+from identity.api.routes import versioned
 from identity.api.schemas import (
     DetectImageOut,
     DetectOut,
@@ -21,18 +22,17 @@ from identity.api.security import require
 from identity.api.uploads import read_uploads
 from identity.errors import InputError
 from identity.faces.types import ImageResult
-from identity.service import Service
 
-router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[Depends(require("read"))])
+router = versioned(tags=["recognition"], dependencies=[Depends(require("read"))])
 
 
 @router.post("/search", response_model=SearchOut)
 def search(
     request: Request,
+    service: ServiceDep,
     image: UploadFile = File(..., description="A photo; every face in it is searched"),
     k: int | None = Form(None, ge=1, le=1000),
     level: Level | None = Form(None),
-    service: Service = Depends(get_service),
 ) -> SearchOut:
     (upload,) = read_uploads([image], 1)
     with model_call(request):
@@ -42,7 +42,7 @@ def search(
 
 
 @router.post("/search/embedding", response_model=EmbeddingSearchOut)
-def search_embedding(body: EmbeddingQuery, service: Service = Depends(get_service)) -> EmbeddingSearchOut:
+def search_embedding(body: EmbeddingQuery, service: ServiceDep) -> EmbeddingSearchOut:
     """Search with embeddings computed elsewhere (same model: `dim` must match)."""
     found = service.search_embeddings(body.vectors, k=body.k, level=body.level, persons=body.persons)
     return EmbeddingSearchOut(results=[FaceSearchOut.of(f) for f in found])
@@ -51,11 +51,11 @@ def search_embedding(body: EmbeddingQuery, service: Service = Depends(get_servic
 @router.post("/verify", response_model=VerifyOut)
 def verify(
     request: Request,
+    service: ServiceDep,
     a: UploadFile = File(..., description="First photo (its largest face is compared)"),
     b: UploadFile | None = File(None, description="Second photo; or give `person` instead"),
     person: str | None = Form(None, max_length=256, description="Id or external id of an enrolled person"),
     level: Level | None = Form(None),
-    service: Service = Depends(get_service),
 ) -> VerifyOut:
     if (b is None) == (person is None):
         raise InputError("give exactly one of `b` (a second photo) or `person`")
@@ -77,8 +77,8 @@ def verify(
 @router.post("/detect", response_model=DetectOut)
 def detect(
     request: Request,
+    service: ServiceDep,
     images: list[UploadFile] = File(..., description="One or more photos"),
-    service: Service = Depends(get_service),
 ) -> DetectOut:
     """Boxes, landmarks and probabilities; an unreadable image gets an `error`, the others still run."""
     uploads = read_uploads(images, service.settings.max_images_per_request)

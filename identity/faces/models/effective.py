@@ -1,0 +1,37 @@
+"""What applies to a model under the user's settings: the model's own alignment and
+clustering parameters, unless the user set the corresponding setting explicitly.
+
+"Explicitly" means given as an argument, an `IDENTITY_*` variable, in `.env` or in the
+config file (pydantic's `model_fields_set`); a setting left at its default, or set to None,
+defers to the model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from identity.config import Settings
+from identity.faces.models.calibration import load_clustering
+from identity.faces.models.kinds import AlignMethod
+from identity.faces.models.manifest import ClusteringDefaults, ModelSpec
+
+
+def explicit(settings: Settings, name: str) -> object | None:
+    """The setting's value when the user set it, else None."""
+    value = getattr(settings, name, None)
+    if value is None or name not in settings.model_fields_set:
+        return None
+    return value
+
+
+def alignment_method(spec: ModelSpec, settings: Settings) -> AlignMethod:
+    """IDENTITY_ALIGNMENT when set, else the model's alignment."""
+    chosen = explicit(settings, "alignment")
+    return spec.alignment if chosen is None else AlignMethod.parse(chosen, "alignment")
+
+
+def clustering(spec: ModelSpec, settings: Settings) -> ClusteringDefaults:
+    """The model's clustering parameters (calibration file, else manifest), with the floor
+    replaced by IDENTITY_CLUSTER_THRESHOLD when set."""
+    params = load_clustering(spec, settings)
+    floor = explicit(settings, "cluster_threshold")
+    return params if floor is None else replace(params, floor=float(floor))

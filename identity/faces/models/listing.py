@@ -1,0 +1,36 @@
+"""What `identity models list` shows of a model: one plain, JSON-ready dict per model."""
+
+from __future__ import annotations
+
+from identity.config import Settings
+from identity.faces.models.calibration import load_clustering, load_thresholds
+from identity.faces.models.manifest import ModelSpec
+from identity.faces.models.verify import verify
+
+
+def describe(spec: ModelSpec, settings: Settings) -> dict:
+    """The model's facts, the state of its weights, its licence and its calibration in
+    effect (the calibration file's, else the manifest's)."""
+    status = verify(spec, settings)
+    clustering = load_clustering(spec, settings)
+    return {
+        "name": spec.name,
+        "version": spec.version,
+        "dim": spec.dim,
+        "input_size": spec.input_size,
+        "normalization": spec.normalization.value,
+        "alignment": f"{spec.alignment.value}/{spec.template.value}",
+        "default": spec.name == settings.model,
+        "status": status.status.value,
+        "detail": status.detail,
+        "weights": str(status.path),
+        "license": spec.license.summary,
+        "commercial_use": spec.license.commercial_use,
+        "license_url": spec.license.url,
+        "thresholds": load_thresholds(spec, settings),
+        "clustering": {
+            "floor": clustering.floor,
+            "merge_similarity": clustering.merge_similarity,
+            "calibrated": clustering.calibrated,
+        },
+    }

@@ -1,0 +1,80 @@
+"""Where a model's files live: its weights, the record of their verification, the cached
+conversion, and its calibration; and the one way files are written (atomically)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import platformdirs
+
+from identity.config import Settings
+from identity.faces.models.license import fetch_command
+from identity.faces.models.manifest import ModelSpec
+
+
+def weight_path(spec: ModelSpec, settings: Settings) -> Path:
+    return Path(settings.models_dir) / spec.weight_file.name
+
+
+def _dir_writable(directory: Path) -> bool:
+    # root passes os.access on any directory; a directory whose mode grants write to
+    # nobody is meant to be read-only (a shared model store), so respect the bits too.
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK) and bool(
+        mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def cache_dir(spec: ModelSpec, settings: Settings) -> Path:
+    """settings.cache_dir if set; else next to the weight file if writable; else the user cache."""
+    if settings.cache_dir is not None:
+        return Path(settings.cache_dir)
+    source_dir = weight_path(spec, settings).parent
+    if _dir_writable(source_dir):
+        return source_dir
+    return Path(platformdirs.user_cache_dir("identity"))
+
+
+def converted_path(spec: ModelSpec, settings: Settings) -> Path:
+    """The cached torch state dict converted from a Keras or ONNX weight file."""
+    return cache_dir(spec, settings) / f"{spec.weight_file.name}.converted.pt"
+
+
+def record_path(spec: ModelSpec, settings: Settings) -> Path:
+    """The record (size, mtime, sha256) that spares re-hashing the weights at every start."""
+    return cache_dir(spec, settings) / f"{spec.weight_file.name}.verified.json"
+
+
+def calibration_path(spec: ModelSpec, settings: Settings) -> Path:
+    return Path(settings.data_dir) / "calibration" / f"{spec.name}@{spec.version}.json"
+
+
+def how_to_obtain(spec: ModelSpec, settings: Settings) -> str:
+    return (
+        f"weights of model {spec.name!r} not found at {weight_path(spec, settings)}. "
+        f"Run `{fetch_command(spec)}` to download them "
+        f"({spec.weight_file.source}), or set IDENTITY_MODELS_DIR to the directory that holds "
+        f"{spec.weight_file.name}."
+    )
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file in the same directory, then rename: readers see the
+    old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,207 @@
+"""Who is enrolled: the `persons` and `person_aliases` tables.
+
+An alias is an external id a person no longer carries (renamed, or merged into another
+person); it keeps resolving to its person, so callers holding an old id never break.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from identity.errors import ConflictError, InputError, NotFoundError
+from identity.store.core import StoreCore
+from identity.store.types import DeleteResult, MergeResult, Person, PersonPage
+
+_PERSON_SELECT = """
+SELECT p.id, p.external_id, p.display_name, p.metadata, p.created_at, p.updated_at,
+       coalesce((SELECT array_agg(a.alias ORDER BY a.alias) FROM person_aliases a
+                 WHERE a.person_id = p.id), '{}'),
+       (SELECT count(*) FROM faces f WHERE f.person_id = p.id)
+FROM persons p
+"""
+
+
+def _person(row: TupleRow) -> Person:
+    return Person(
+        id=row[0],
+        external_id=row[1],
+        display_name=row[2],
+        metadata=dict(row[3] or {}),
+        created_at=row[4],
+        updated_at=row[5],
+        aliases=tuple(row[6]),
+        face_count=int(row[7]),
+    )
+
+
+def resolve_person(conn: psycopg.Connection, ref: int | str, *, lock: bool = False) -> int:
+    """A person id from an id, an external id or an alias (in that order for strings:
+    external id, alias, then digits as an id). NotFoundError if none."""
+    person_id: int | None = None
+    if isinstance(ref, int):
+        person_id = ref
+    else:
+        row = conn.execute(
+            "SELECT id FROM persons WHERE external_id = %s "
+            "UNION ALL SELECT person_id FROM person_aliases WHERE alias = %s LIMIT 1",
+            (ref, ref),
+        ).fetchone()
+        if row is not None:
+            person_id = row[0]
+        elif ref.isdigit():
+            person_id = int(ref)
+    if person_id is not None:
+        suffix = " FOR UPDATE" if lock else ""
+        row = conn.execute(f"SELECT id FROM persons WHERE id = %s{suffix}", (person_id,)).fetchone()
+        if row is not None:
+            return row[0]
+    raise NotFoundError(f"no person {ref!r}")
+
+
+def _get(conn: psycopg.Connection, person_id: int) -> Person:
+    row = conn.execute(_PERSON_SELECT + " WHERE p.id = %s", (person_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no person {person_id}")
+    return _person(row)
+
+
+def _name_taken(conn: psycopg.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM persons WHERE external_id = %s "
+            "UNION ALL SELECT 1 FROM person_aliases WHERE alias = %s",
+            (name, name),
+        ).fetchone()
+        is not None
+    )
+
+
+class PersonsMixin(StoreCore):
+    def create_person(
+        self, external_id: str, display_name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Person:
+        if not external_id:
+            raise InputError("a person needs a non-empty external id")
+        with self._write() as conn:
+            if _name_taken(conn, external_id):
+                raise ConflictError(f"person {external_id!r} already exists")
+            (person_id,) = conn.execute(
+                "INSERT INTO persons (external_id, display_name, metadata) VALUES (%s, %s, %s) RETURNING id",
+                (external_id, display_name, json.dumps(dict(metadata or {}))),
+            ).fetchone()
+            return _get(conn, person_id)
+
+    def get_person(self, ref: int | str) -> Person:
+        """By id (int), or by external id, alias, or id in digits (str). NotFoundError if none."""
+        with self.connection() as conn:
+            return _get(conn, resolve_person(conn, ref))
+
+    def persons_by_ids(self, ids: Sequence[int]) -> dict[int, Person]:
+        """Several persons in one query (search results name their persons)."""
+        if not ids:
+            return {}
+        with self.connection() as conn:
+            rows = conn.execute(_PERSON_SELECT + " WHERE p.id = ANY(%s)", (list(ids),)).fetchall()
+        return {row[0]: _person(row) for row in rows}
+
+    def list_persons(self, *, limit: int = 50, after: int | None = None, query: str | None = None) -> PersonPage:
+        """Persons ordered by id, `limit` at a time (keyset pagination: pass `next_after`)."""
+        limit = max(1, min(limit, 10_000))
+        where, params = ["p.id > %s"], [after or 0]
+        if query:
+            where.append("(p.external_id ILIKE %s OR p.display_name ILIKE %s)")
+            params += [f"%{query}%"] * 2
+        with self.connection() as conn:
+            rows = conn.execute(
+                _PERSON_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY p.id LIMIT %s",
+                (*params, limit + 1),
+            ).fetchall()
+        items = tuple(_person(r) for r in rows[:limit])
+        return PersonPage(items=items, next_after=items[-1].id if len(rows) > limit else None)
+
+    def rename_person(self, ref: int | str, display_name: str | None) -> Person:
+        with self._write() as conn:
+            person_id = resolve_person(conn, ref, lock=True)
+            conn.execute("UPDATE persons SET display_name = %s WHERE id = %s", (display_name, person_id))
+            return _get(conn, person_id)
+
+    def set_external_id(self, ref: int | str, external_id: str) -> Person:
+        """Change a person's external id; the old one stays as an alias."""
+        if not external_id:
+            raise InputError("a person needs a non-empty external id")
+        with self._write() as conn:
+            person_id = resolve_person(conn, ref, lock=True)
+            (old,) = conn.execute("SELECT external_id FROM persons WHERE id = %s", (person_id,)).fetchone()
+            if old == external_id:
+                return _get(conn, person_id)
+            owner = conn.execute("SELECT person_id FROM person_aliases WHERE alias = %s", (external_id,)).fetchone()
+            if (owner is not None and owner[0] != person_id) or conn.execute(
+                "SELECT 1 FROM persons WHERE external_id = %s", (external_id,)
+            ).fetchone():
+                raise ConflictError(f"external id {external_id!r} belongs to another person")
+            conn.execute("DELETE FROM person_aliases WHERE alias = %s", (external_id,))
+            conn.execute("UPDATE persons SET external_id = %s WHERE id = %s", (external_id, person_id))
+            conn.execute("INSERT INTO person_aliases (alias, person_id) VALUES (%s, %s)", (old, person_id))
+            return _get(conn, person_id)
+
+    def update_metadata(self, ref: int | str, patch: Mapping[str, Any], *, replace: bool = False) -> Person:
+        """Merge `patch` into the metadata (a None value removes the key), or replace it."""
+        removed = [k for k, v in patch.items() if v is None]
+        kept = {k: v for k, v in patch.items() if v is not None}
+        with self._write() as conn:
+            person_id = resolve_person(conn, ref, lock=True)
+            base = "'{}'::jsonb" if replace else "metadata"
+            conn.execute(
+                f"UPDATE persons SET metadata = ({base} || %s::jsonb) - %s::text[] WHERE id = %s",
+                (json.dumps(kept), removed, person_id),
+            )
+            return _get(conn, person_id)
+
+    def delete_person(self, ref: int | str) -> DeleteResult:
+        """Delete a person, their faces (and so embeddings) and the images no other face
+        uses, in one transaction. The faces' deletions reach the change log by trigger."""
+        with self._write() as conn:
+            person_id = resolve_person(conn, ref, lock=True)
+            (external_id,) = conn.execute("SELECT external_id FROM persons WHERE id = %s", (person_id,)).fetchone()
+            image_ids = [
+                r[0] for r in conn.execute("DELETE FROM faces WHERE person_id = %s RETURNING image_id", (person_id,))
+            ]
+            images_deleted = 0
+            if image_ids:
+                images_deleted = conn.execute(
+                    "DELETE FROM images i WHERE i.id = ANY(%s) "
+                    "AND NOT EXISTS (SELECT 1 FROM faces f WHERE f.image_id = i.id)",
+                    (sorted(set(image_ids)),),
+                ).rowcount
+            conn.execute("DELETE FROM persons WHERE id = %s", (person_id,))
+        return DeleteResult(person_id, external_id, len(image_ids), images_deleted)
+
+    def merge_persons(self, keep: int | str, other: int | str) -> MergeResult:
+        """Move `other`'s faces and aliases to `keep`; `other`'s external id becomes an
+        alias of `keep`; metadata is merged (keep's values win); `other` is deleted."""
+        with self._write() as conn:
+            keep_id = resolve_person(conn, keep)
+            other_id = resolve_person(conn, other)
+            if keep_id == other_id:
+                raise ConflictError(f"cannot merge person {keep!r} with itself")
+            # lock both rows in id order: the same order in every merge
+            for pid in sorted((keep_id, other_id)):
+                conn.execute("SELECT 1 FROM persons WHERE id = %s FOR UPDATE", (pid,))
+            (other_ext, other_name, other_meta) = conn.execute(
+                "SELECT external_id, display_name, metadata FROM persons WHERE id = %s", (other_id,)
+            ).fetchone()
+            moved = conn.execute("UPDATE faces SET person_id = %s WHERE person_id = %s", (keep_id, other_id)).rowcount
+            conn.execute("UPDATE person_aliases SET person_id = %s WHERE person_id = %s", (keep_id, other_id))
+            conn.execute("DELETE FROM persons WHERE id = %s", (other_id,))
+            conn.execute("INSERT INTO person_aliases (alias, person_id) VALUES (%s, %s)", (other_ext, keep_id))
+            conn.execute(
+                "UPDATE persons SET metadata = %s::jsonb || metadata, "
+                "display_name = coalesce(display_name, %s) WHERE id = %s",
+                (json.dumps(other_meta or {}), other_name, keep_id),
+            )
+            return MergeResult(_get(conn, keep_id), other_ext, moved)
