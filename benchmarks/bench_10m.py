@@ -124,8 +124,7 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
         scan = ExactScan(dim)
         scan.fit(view)
         build = time.perf_counter() - t
-        mem = memory()
-        mem["anon_mb"] -= base
+        mem = memory() | {"anon_before_mb": base}
         p50, p99, found = timed_queries(lambda q: scan.search(view, q, K)[1], queries)
         st = scan.stats
         report("exact (int8 scan + re-rank from file)",
@@ -144,8 +143,7 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
         for start in range(0, n, 1 << 20):
             index.add(np.asarray(view[start:start + (1 << 20)]))
         build = time.perf_counter() - t
-        mem = memory()
-        mem["anon_mb"] -= base
+        mem = memory() | {"anon_before_mb": base}
         for nprobe in args.nprobe:
             if nprobe > nlist:
                 continue
@@ -162,8 +160,7 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
         for start in range(0, n, 1 << 20):
             index.add(np.asarray(view[start:start + (1 << 20)]))
         build = time.perf_counter() - t
-        mem = memory()
-        mem["anon_mb"] -= base
+        mem = memory() | {"anon_before_mb": base}
         for ef in args.ef:
             params = faiss.SearchParametersHNSW(efSearch=ef)
             p50, p99, found = timed_queries(lambda q: index.search(q, K, params=params)[1], queries)

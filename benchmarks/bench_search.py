@@ -85,7 +85,7 @@ def measure(n, dim, method, params, build_s, rss, search_ids, search_persons, qu
                qps, float(recall), float(first))
 
 
-SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 64, 128)}
+SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 64, 96, 128)}
 
 
 def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth, labels, *, override=None) -> list[Row]:

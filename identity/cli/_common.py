@@ -72,3 +72,9 @@ def warn_skipped(records: list[dict]) -> None:
         if "error" in record:
             err.print(f"[yellow]skipped[/yellow] {record['source']}: {record['error']['message']}",
                       highlight=False)
+
+
+def usable(records: list[dict]) -> list[dict]:
+    """The records that are not errors, after telling the user about those that are."""
+    warn_skipped(records)
+    return [record for record in records if "error" not in record]

@@ -19,6 +19,7 @@ from identity.cli._common import (
     out,
     progress,
     service,
+    usable,
     warn_skipped,
 )
 from identity.errors import IdentityError, InputError, NoFaceError
@@ -82,10 +83,7 @@ def detect(images: Images, draw: Draw = None, as_json: JsonOption = False) -> No
     if as_json:
         dump(records)
     else:
-        warn_skipped(records)
-        for record in records:
-            if "error" in record:
-                continue
+        for record in usable(records):
             out.print(f"[bold]{record['source']}[/bold] ({record['width']}×{record['height']}): "
                       f"{len(record['faces'])} face(s)", highlight=False)
             for i, face in enumerate(record["faces"]):
@@ -200,10 +198,7 @@ def search(
     if as_json:
         dump(records)
     else:
-        warn_skipped(records)
-        for record in records:
-            if "error" in record:
-                continue
+        for record in usable(records):
             out.print(f"[bold]{record['source']}[/bold]: {len(record['faces'])} face(s)", highlight=False)
             for i, face in enumerate(record["faces"]):
                 if face["known"]:

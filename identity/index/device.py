@@ -19,16 +19,11 @@ from typing import Any
 
 import faiss
 
-from identity.index.spec import IndexSpec
+from identity.index.spec import IndexSpec, gpu_count  # noqa: F401 - gpu_count is part of this module's API
 
 log = logging.getLogger(__name__)
 
 _resources: Any = None  # one StandardGpuResources per process: it owns scratch memory
-
-
-def gpu_count() -> int:
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
 
 
 @dataclass

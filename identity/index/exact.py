@@ -57,11 +57,14 @@ Nothing here assumes unit vectors; the bound only gets looser for large norms.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CODE_MAX = 127
 MAX_EXACT_DIM = 1040  # d * 127^2 < 2^24: integer sums stay exact in float32
@@ -237,7 +240,7 @@ class ExactScan:
         self._loose = kept - shift[kept]
         # rho_max / nu_max stay: a maximum over a superset is still a valid bound.
 
-    def _encode_append(self, rows: np.ndarray, chunk: int = 65536) -> None:
+    def _encode_append(self, rows: np.ndarray, chunk: int = 16384) -> None:
         base = self._index.ntotal
         for start in range(0, len(rows), chunk):
             block = np.asarray(rows[start:start + chunk], np.float64)
@@ -270,9 +273,11 @@ class ExactScan:
         if labels is None:
             labels = np.arange(n, dtype=np.int64)
         self.stats.queries += nq
-        if not self.fitted or self.ntotal != n:
-            if self.fitted:
-                raise RuntimeError(f"int8 codes cover {self.ntotal} rows, the store has {n}")
+        if self.fitted and self.ntotal != n:
+            # Codes out of step with the rows would give wrong answers: re-encode.
+            log.warning("exact scan: %d codes for %d rows; re-encoding", self.ntotal, n)
+            self.fit(store)
+        if not self.fitted:
             return self._brute(store, queries, k, labels, selector, scores, positions)
 
         a, b, q_norm, err_norm = self._quantise_queries(queries)

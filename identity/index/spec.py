@@ -170,8 +170,6 @@ def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = Non
         over = "" if mem <= budget else f"; over {fits}"
         return Choice(spec, f"{why}: {spec.describe()}, about {_gib(mem)} at {n:,} faces{over}", mem, budget)
     if gpu is None:
-        from identity.index.device import gpu_count
-
         gpu = bool(settings.index_use_gpu) and gpu_count() > 0
     size = f"{n:,} faces × {dim}-d"
     flat = index_bytes("flat", n, dim)
@@ -281,3 +279,9 @@ def sample_rows(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     if size >= n:
         return np.arange(n)
     return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with a CPU build, which lacks get_num_gpus)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
