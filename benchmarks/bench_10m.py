@@ -59,7 +59,7 @@ def generate(path: Path, n: int, dim: int, chunk_ids: int = 200_000) -> np.ndarr
         return np.load(labels_path)
     gen = FaceLikeGenerator.calibrated(dim, load_target(), seed=dim)
     rng = np.random.default_rng([dim, 4])
-    counts = rng.integers(2, 9, math.ceil(n / 5) + 1)
+    counts = rng.integers(2, 9, n // 4 + 2)  # mean 5 a person: enough identities for n rows
     labels = np.repeat(np.arange(len(counts), dtype=np.int64), counts)[:n]
     out = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, dim))
     gen.centres(int(labels[-1]) + 1)  # once: the cache is rebuilt whenever it must grow

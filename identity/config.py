@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = 1
     db_pool_max: int = 8
+    embedded_watch_seconds: float = Field(
+        2.0, gt=0, description="How often a process using the embedded PostgreSQL checks that its "
+        "postmaster is alive, restarting it when it is not.")
+    chips: bool = Field(
+        True, description="Keep a small JPEG chip of every enrolled face (table face_chips, about "
+        "12 kB a face at the defaults: BENCHMARKS.md, 'Face chips'); false enrolls without them.")
+    chip_size: int = Field(224, ge=160, le=256, description="Chip side in pixels (the chip spans twice the face box).")
+    chip_quality: int = Field(85, ge=50, le=95, description="Chip JPEG quality.")
 
     # --- index ----------------------------------------------------------------------
     index_type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
@@ -142,9 +150,40 @@ class Settings(BaseSettings):
                                   "whose database or broker was unavailable.")
     job_batch_size: int = Field(16, ge=1, description="Images per worker task in a bulk enrollment job.")
     max_archive_bytes: int = Field(
-        512 * 1024 * 1024, description="Uncompressed size limit of an uploaded job archive (zip-bomb guard)."
+        512 * 1024 * 1024, description="Uncompressed size limit of an uploaded job archive (zip-bomb "
+        "guard), counted while its entries are read, not taken from its headers; one entry may be at "
+        "most max_upload_bytes."
     )
+    max_archive_entries: int = Field(
+        10_000, ge=1, description="Entries (of any kind) an uploaded job archive may hold.")
+    spool_quota_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Total bytes uploads may hold in data_dir/uploads while their "
+        "request or job runs (archives, cluster uploads, photos for a worker); past it uploads "
+        "are answered 507.")
+    rate_limit_read: str = Field(
+        "600/minute", description="Requests a read-scope API key may make, in the `limits` "
+        "package's notation ('600/minute', '20/second;600/minute'); empty: unlimited.")
+    rate_limit_enroll: str = Field("600/minute", description="The same for enroll-scope keys.")
+    rate_limit_admin: str = Field("1200/minute", description="The same for admin-scope keys.")
+    rate_limit_storage: str = Field(
+        "memory://", description="Where rate-limit counters live (`limits` storage URL): memory:// "
+        "counts per API process; a redis:// URL shares them between processes and replicas.")
     api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `identity serve`.")
+    enroll_wait_seconds: float = Field(
+        10.0, gt=0, le=300, description="With a broker, how long a synchronous upload "
+        "(POST /v1/persons/{person}/faces) waits for a worker before answering 202 with a job to follow.")
+    worker_wait_seconds: float = Field(
+        10.0, gt=0, description="With a broker, how long `identity enroll` waits without progress "
+        "and without a live worker (Celery's ping) before it gives up with exit 4.")
+    job_heartbeat_seconds: float = Field(
+        10.0, gt=0, description="How often a process driving a job marks it alive, and how often "
+        "the API looks for jobs whose owner is gone.")
+    job_owner_timeout_seconds: float = Field(
+        60.0, gt=0, description="A job whose owner has not marked it alive for this long is taken "
+        "over (sooner on the owner's own machine, where a dead pid is seen at once).")
+    job_max_resumes: int = Field(
+        3, ge=0, description="Times a job whose process died is resumed by the next API start; "
+        "past that (or 0) it is marked failed with the reason.")
 
     @classmethod
     def settings_customise_sources(

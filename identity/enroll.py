@@ -19,11 +19,13 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Literal
 
+from identity import names
+from identity.archives import ArchiveReader
 from identity.errors import InputError
 from identity.faces.decode import read_bytes
 from identity.faces.pipeline import FacePipeline
@@ -42,11 +44,17 @@ SKIPPED: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class EnrollItem:
-    """One image of one person. `source` is a path readable by whoever processes it."""
+    """One image of one person. `source` names the photo in outcomes and in the store: a
+    path readable by whoever processes it, unless `path` says where the bytes are (an
+    upload spooled for a worker, whose `source` is the client's file name, never the
+    spool's path)."""
 
     source: str
     person: str  # external id
     display_name: str | None = None
+    actor: str | None = None  # who asked (audit log of persons the batch creates); None: this process's user
+    path: str | None = None  # where the bytes are, when not at `source` (identity/spool.py)
+    member: str | None = None  # with `path` a zip archive: the entry to read (identity/archives.py)
 
 
 @dataclass(frozen=True)
@@ -157,9 +165,12 @@ def enroll_batch(
     pipeline: FacePipeline,
     store: Store,
     largest_face: bool = False,
+    job_id: str | None = None,
 ) -> list[ItemOutcome]:
-    """Process and store one batch in one transaction. Outcomes in input order."""
-    return next(enroll_stream([items], pipeline=pipeline, store=store, largest_face=largest_face))
+    """Process and store one batch in one transaction. Outcomes in input order. With
+    `job_id`, the transaction writes only while that job is active (`JobEndedError`)."""
+    return next(enroll_stream([items], pipeline=pipeline, store=store, largest_face=largest_face,
+                              job_id=job_id))
 
 
 def enroll_stream(
@@ -168,6 +179,7 @@ def enroll_stream(
     pipeline: FacePipeline,
     store: Store,
     largest_face: bool = False,
+    job_id: str | None = None,
 ) -> Iterator[list[ItemOutcome]]:
     """Enroll batch after batch through ONE pipeline stream, so detection of the next
     batches overlaps the embedding of this one; each batch is still written in its own
@@ -177,17 +189,19 @@ def enroll_stream(
 
     def refs() -> Iterator[ImageRef]:
         for batch in batches:
-            plan = _plan(batch, store, model.name)
+            plan = _plan(batch, store, model.name, max_bytes=pipeline.settings.max_upload_bytes)
             planned.append(plan)
             yield from plan.refs
 
     def committed() -> Iterator[list[ItemOutcome]]:
         # Oldest first, so outcomes come back in input order.
         while planned and len(planned[0].results) == len(planned[0].refs):
-            yield _store(planned.pop(0), store, model, largest_face)
+            yield _store(planned.pop(0), store, model, largest_face, job_id)
 
     # refs() plans a batch before yielding its first ref, so every result's batch is planned.
-    for result in pipeline.process(refs()):
+    # Chips are cut while the decoded photo is at hand: afterwards only a backfill from
+    # the source file could make them.
+    for result in pipeline.process(refs(), keep_chips=pipeline.settings.chips):
         next(p for p in planned if len(p.results) < len(p.refs)).results.append(result)
         yield from committed()
     yield from committed()
@@ -202,18 +216,32 @@ class _Planned:
     results: list[ImageResult] = field(default_factory=list)
 
 
-def _plan(items: list[EnrollItem], store: Store, model: str) -> _Planned:
+def _plan(items: list[EnrollItem], store: Store, model: str, *, max_bytes: int) -> _Planned:
     """Read and hash the batch's files; images already enrolled to the same person skip the
-    model (a re-run or a resume costs a hash per file, not a forward pass)."""
+    model (a re-run or a resume costs a hash per file, not a forward pass). A person's
+    external id is checked (and NFC-normalised) here, before anything is read: every way
+    in (folders, manifests, archives, uploads) meets the same rule (identity/names.py)."""
     outcomes: dict[int, ItemOutcome] = {}
     loaded: dict[int, tuple[bytes, str]] = {}
-    for i, item in enumerate(items):
-        try:
-            data = read_bytes(item.source)
-        except InputError as exc:
-            outcomes[i] = ItemOutcome(item.source, item.person, "unreadable", exc.message)
-            continue
-        loaded[i] = (data, hashlib.sha256(data).hexdigest())
+    items = list(items)
+    archives: dict[str, ArchiveReader] = {}  # opened once per batch, not once per entry
+    try:
+        for i, item in enumerate(items):
+            try:
+                items[i] = item = replace(item, person=names.external_id(item.person),
+                                          display_name=names.display_name(item.display_name))
+            except InputError as exc:
+                outcomes[i] = ItemOutcome(item.source, item.person, "invalid", exc.message)
+                continue
+            try:
+                data = _read(item, archives, max_bytes)
+            except InputError as exc:
+                outcomes[i] = ItemOutcome(item.source, item.person, "unreadable", exc.message)
+                continue
+            loaded[i] = (data, hashlib.sha256(data).hexdigest())
+    finally:
+        for reader in archives.values():
+            reader.close()
     known = store.known_images([sha for _, sha in loaded.values()], model=model)
     todo = []
     for i, (data, sha) in loaded.items():
@@ -227,7 +255,16 @@ def _plan(items: list[EnrollItem], store: Store, model: str) -> _Planned:
     return _Planned(items, outcomes, todo, refs)
 
 
-def _store(plan: _Planned, store: Store, model: ModelInfo, largest_face: bool) -> list[ItemOutcome]:
+def _read(item: EnrollItem, archives: dict[str, ArchiveReader], max_bytes: int) -> bytes:
+    if item.member is None:
+        return read_bytes(item.path or item.source)
+    if item.path not in archives:
+        archives[item.path] = ArchiveReader(item.path)  # type: ignore[index]
+    return archives[item.path].read(item.member, name=item.source, max_bytes=max_bytes)  # type: ignore[index]
+
+
+def _store(plan: _Planned, store: Store, model: ModelInfo, largest_face: bool,
+           job_id: str | None = None) -> list[ItemOutcome]:
     outcomes = dict(plan.outcomes)
     to_add: list[tuple[int, FacesToAdd]] = []
     for i, result in zip(plan.todo, plan.results):
@@ -237,7 +274,7 @@ def _store(plan: _Planned, store: Store, model: ModelInfo, largest_face: bool) -
         else:
             to_add.append((i, add))  # type: ignore[arg-type]
     if to_add:
-        stored = store.add_faces([add for _, add in to_add], model=model)
+        stored = store.add_faces([add for _, add in to_add], model=model, job_id=job_id)
         for (i, _), result in zip(to_add, stored):
             status: Status = "enrolled" if result.status == "added" else result.status  # type: ignore[assignment]
             face_id = result.face_ids[0] if result.face_ids else None
@@ -258,7 +295,7 @@ def _choose_face(
         return ItemOutcome(item.source, item.person, "multiple_faces", reason), None
     index = max(range(len(result.faces)), key=lambda j: result.faces[j].area)
     add = FacesToAdd(image=result, external_id=item.person, display_name=item.display_name,
-                     face_indexes=(index,))
+                     face_indexes=(index,), actor=item.actor)
     return None, add
 
 

@@ -126,8 +126,21 @@ class StoreError(ServiceUnavailableError):
     code = "store_error"
 
 
+class SpoolFullError(ServiceUnavailableError):
+    """The upload spool is at its quota (`spool_quota_bytes`): running jobs hold it."""
+
+    http_status = 507
+    code = "insufficient_storage"
+
+
 class IndexUnavailableError(ServiceUnavailableError):
     code = "index_unavailable"
+
+
+class NoWorkerError(ServiceUnavailableError):
+    """A broker is configured but no Celery worker is alive to do the work."""
+
+    code = "no_worker"
 
 
 # --- state (exit 5) -------------------------------------------------------------------
@@ -145,6 +158,13 @@ class ConflictError(IdentityError):
     code = "conflict"
 
 
+class JobEndedError(ConflictError):
+    """Work for a job that was cancelled, failed or finished meanwhile: refused before
+    anything is written (see identity/store/jobs.py: lock_active)."""
+
+    code = "job_ended"
+
+
 # --- access (API) ---------------------------------------------------------------------
 
 
@@ -158,3 +178,15 @@ class PermissionDeniedError(IdentityError):
     exit_code = 2
     http_status = 403
     code = "forbidden"
+
+
+class RateLimitedError(IdentityError):
+    """This API key sent more requests than its scope's rate limit allows."""
+
+    exit_code = 4
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

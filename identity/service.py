@@ -59,6 +59,9 @@ class FaceSearch:
     matches: tuple[PersonHit, ...]
     nearest_similarity: float | None
     threshold: float
+    # Whose face is the most similar, even under the threshold: what an unknown face is
+    # closest to. None when that face belongs to nobody (or nothing is enrolled).
+    nearest: PersonHit | None = None
 
     @property
     def known(self) -> bool:
@@ -97,6 +100,8 @@ class Verification:
     face_b: Face | None  # None when B is an enrolled person
     faces_in_a: int
     faces_in_b: int  # faces in photo B, or the person's enrolled faces
+    person_id: int | None = None  # the enrolled person B is, when B is one
+    person_external_id: str | None = None
 
 
 class Service:
@@ -283,8 +288,8 @@ class Service:
         that person's enrolled faces decides."""
         level = level or self.settings.threshold_level
         threshold = self.thresholds()[level]
+        target = self.store.get_person(person)  # a wrong reference fails before the model runs
         face, count = self.one_face(ref)
-        target = self.store.get_person(person)
         hits = self.search_embeddings(face.embedding[None, :], k=1, level=level, persons=[target.id])[0]
         similarity = max((h.similarity for h in hits.matches), default=hits.nearest_similarity or -1.0)
         return Verification(
@@ -292,6 +297,7 @@ class Service:
             distance=float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity))), threshold=threshold,
             level=level, same=similarity >= threshold, face_a=face, face_b=None,
             faces_in_a=count, faces_in_b=target.face_count,
+            person_id=target.id, person_external_id=target.external_id,
         )
 
     # --- enrollment -------------------------------------------------------------------------
@@ -313,28 +319,39 @@ class Service:
     def enroll(self, items: Iterable, *, largest_face: bool = False, report: Path | None = None,
                on_progress=None) -> EnrollSummary:
         """Run an enrollment job on the runner (this process, or the Celery workers).
-        Returns an `EnrollSummary`; skipped files are listed in `report`."""
-        from identity import enroll
+        Returns an `EnrollSummary`; skipped files are listed in `report`. On workers the
+        run is a recorded job this process drives (identity/jobs.py: driven_job)."""
+        from identity import enroll, jobs
 
-        def run(batches, done) -> None:
-            self.runner.enroll(batches, largest_face=largest_face, on_done=done)
+        if self.runner.remote:  # the job row counts them first
+            items = list(items)
+        with jobs.driven_job(self, items) as job_id:
 
-        return enroll.run(items, runner=run, batch_size=self.settings.batch_size,
-                          report=report, on_progress=on_progress)
+            def run(batches, done) -> None:
+                self.runner.enroll(batches, largest_face=largest_face, on_done=done, job_id=job_id)
 
-    def enroll_now(self, items: list[EnrollItem], *, largest_face: bool = False) -> list[ItemOutcome]:
-        """A few photos enrolled while the caller waits (an upload)."""
-        return self.runner.enroll_now(items, largest_face=largest_face)
+            return enroll.run(items, runner=run, batch_size=self.settings.batch_size,
+                              report=report, on_progress=on_progress)
+
+    def enroll_now(self, items: list[EnrollItem], *, largest_face: bool = False,
+                   key_id: str | None = None, job_id: str | None = None) -> list[ItemOutcome] | Job:
+        """A few photos enrolled while the caller waits (an upload): the outcomes, or,
+        when workers did not finish within `enroll_wait_seconds`, the job to follow (with
+        id `job_id` when given: the spool owner of the photos, which the job then holds)."""
+        from identity import jobs
+
+        return jobs.enroll_now(self, items, largest_face=largest_face, key_id=key_id, job_id=job_id)
 
     # --- recorded jobs (identity/jobs.py) --------------------------------------------------
 
     def start_enroll_job(self, items: list[EnrollItem], *, planned: list[ItemOutcome] = (),
                          largest_face: bool = False, params: dict[str, Any] | None = None,
-                         key_id: str | None = None) -> Job:
+                         key_id: str | None = None, job_id: str | None = None) -> Job:
+        """`job_id`: the id files were spooled under for this job (identity/spool.py)."""
         from identity import jobs
 
         return jobs.start_enroll_job(self, items, planned=planned, largest_face=largest_face,
-                                     params=params, key_id=key_id)
+                                     params=params, key_id=key_id, job_id=job_id)
 
     def start_directory_job(self, directory: str | Path, *, largest_face: bool = False,
                             key_id: str | None = None) -> Job:
@@ -359,15 +376,46 @@ class Service:
 
         jobs.fail_job(self, job_id, exc)
 
-    def start_cluster_job(self, spec: dict[str, Any], *, key_id: str | None = None) -> Job:
+    def start_cluster_job(self, spec: dict[str, Any], *, key_id: str | None = None,
+                          job_id: str | None = None) -> Job:
         from identity import jobs
 
-        return jobs.start_cluster_job(self, spec, key_id=key_id)
+        return jobs.start_cluster_job(self, spec, key_id=key_id, job_id=job_id)
 
     def cluster_job(self, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         from identity import jobs
 
         return jobs.cluster_job(self, job_id, spec)
+
+    def release_spool(self, owner: str) -> None:
+        """Remove what a request spooled (identity/spool.py) unless a running job adopted it."""
+        from identity import jobs
+
+        jobs.release_unless_active(self, owner)
+
+    def sweep_spool(self) -> list[str]:
+        """At start: remove spooled uploads of ended jobs and orphans (identity/jobs.py)."""
+        from identity import jobs
+
+        return jobs.sweep_spool(self)
+
+    def jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
+             after: str | None = None) -> tuple[list[Job], str | None]:
+        """One page of jobs, newest first, and the cursor of the next page."""
+        from identity.store import jobs as job_store
+
+        return job_store.list_jobs(self.store, status=status, kind=kind, limit=limit, after=after)
+
+    def cancel_job(self, job_id: str) -> Job:
+        from identity import jobs
+
+        return jobs.cancel_job(self, job_id)
+
+    def recover_jobs(self) -> list[tuple[str, str]]:
+        """Resume (or fail) the jobs whose owning process is gone."""
+        from identity import jobs
+
+        return jobs.recover_jobs(self)
 
     def job(self, job_id: str, *, with_outcomes: bool = True) -> Job:
         from identity.store import jobs as job_store
@@ -390,7 +438,16 @@ class Service:
         results, _ = search_any(self.index, self.store, self.model_info, vectors,
                                 k or self.settings.search_k, threshold, persons=person_ids)
         ids = {m.person_id for r in results for m in r.matches if m.person_id is not None}
+        ids |= {r.nearest.person_id for r in results if r.nearest and r.nearest.person_id is not None}
         people = self.store.persons_by_ids(sorted(ids))
+
+        def nearest(r) -> PersonHit | None:
+            if r.nearest is None or r.nearest.person_id not in people:
+                return None
+            p = people[r.nearest.person_id]
+            count = next((m.faces for m in r.matches if m.person_id == p.id), 0)
+            return PersonHit(p.id, p.external_id, p.display_name, r.nearest.similarity, count)
+
         return [
             FaceSearch(
                 face=None,
@@ -401,6 +458,7 @@ class Service:
                 ),
                 nearest_similarity=r.nearest.similarity if r.nearest else None,
                 threshold=threshold,
+                nearest=nearest(r),
             )
             for r in results
         ]
@@ -437,7 +495,7 @@ class Service:
             return []
         vectors = np.stack([f.embedding for f in result.faces])
         found = self.search_embeddings(vectors, k=k, level=level, persons=persons)
-        return [FaceSearch(face, hit.matches, hit.nearest_similarity, hit.threshold)
+        return [FaceSearch(face, hit.matches, hit.nearest_similarity, hit.threshold, hit.nearest)
                 for face, hit in zip(result.faces, found)]
 
     # --- clustering -------------------------------------------------------------------------
@@ -524,12 +582,15 @@ class Service:
 
     # --- persons ----------------------------------------------------------------------------
 
+    # `actor` names who asks, for the audit log: `key:<id> (<name>)` from the API; left
+    # out, the OS user running this process (the CLI's user).
+
     def create_person(self, external_id: str, display_name: str | None = None,
-                      metadata: dict[str, Any] | None = None):
-        return self.store.create_person(external_id, display_name, metadata)
+                      metadata: dict[str, Any] | None = None, *, actor: str | None = None):
+        return self.store.create_person(external_id, display_name, metadata, actor=actor)
 
     def person(self, ref: int | str):
-        """A person by id, external id or alias."""
+        """A person by id (digits) or else by external id or alias (identity/names.py)."""
         return self.store.get_person(ref)
 
     def persons(self, *, limit: int = 50, after: int | None = None, query: str | None = None):
@@ -541,25 +602,83 @@ class Service:
 
     def update_person(self, ref: int | str, *, external_id: str | None = None,
                       display_name: str | None = None, rename: bool = False,
-                      metadata: dict[str, Any] | None = None, replace_metadata: bool = False):
+                      metadata: dict[str, Any] | None = None, replace_metadata: bool = False,
+                      actor: str | None = None):
         """Change what was given; `rename` says whether `display_name` was given (None clears it)."""
         current = self.store.get_person(ref)
         if external_id is not None and external_id != current.external_id:
-            current = self.store.set_external_id(current.id, external_id)
+            current = self.store.set_external_id(current.id, external_id, actor=actor)
         if rename:
-            current = self.store.rename_person(current.id, display_name)
+            current = self.store.rename_person(current.id, display_name, actor=actor)
         if metadata is not None:
-            current = self.store.update_metadata(current.id, metadata, replace=replace_metadata)
+            current = self.store.update_metadata(current.id, metadata, replace=replace_metadata, actor=actor)
         return current
 
-    def rename_person(self, ref: int | str, display_name: str | None):
-        return self.store.rename_person(ref, display_name)
+    def rename_person(self, ref: int | str, display_name: str | None, *, actor: str | None = None):
+        return self.store.rename_person(ref, display_name, actor=actor)
 
-    def merge_persons(self, keep: int | str, other: int | str):
-        return self.store.merge_persons(keep, other)
+    def merge_persons(self, keep: int | str, other: int | str, *, actor: str | None = None):
+        return self.store.merge_persons(keep, other, actor=actor)
 
-    def delete_person(self, ref: int | str):
-        return self.store.delete_person(ref)
+    def delete_person(self, ref: int | str, *, actor: str | None = None):
+        return self.store.delete_person(ref, actor=actor)
+
+    # --- corrections and history (identity/store/corrections.py) ---------------------------
+
+    def face(self, face_id: int):
+        """A stored face: owner, box, landmarks, chip (no embedding)."""
+        return self.store.face(face_id)
+
+    def faces(self, *, person: int | str | None = None, unassigned: bool = False,
+              limit: int = 100, after: int | None = None):
+        """One keyset page of faces in id order: a person's, the unassigned ones, or all."""
+        return self.store.list_faces(person=person, unassigned=unassigned, limit=limit, after=after)
+
+    def move_faces(self, face_ids: Iterable[int], to: int | str, *, actor: str | None = None):
+        return self.store.move_faces(face_ids, to, actor=actor)
+
+    def assign_faces(self, face_ids: Iterable[int], to: int | str, *, actor: str | None = None):
+        """Unassigned faces to a person; a face someone else has is a conflict (move it instead)."""
+        return self.store.move_faces(face_ids, to, actor=actor, only_unassigned=True)
+
+    def unassign_faces(self, face_ids: Iterable[int], *, actor: str | None = None):
+        return self.store.unassign_faces(face_ids, actor=actor)
+
+    def remove_faces(self, face_ids: Iterable[int], *, actor: str | None = None):
+        """Delete faces (embedding, chip, and images no other face uses)."""
+        return self.store.remove_faces(face_ids, actor=actor)
+
+    def split_person(self, ref: int | str, face_ids: Iterable[int], external_id: str, *,
+                     display_name: str | None = None, metadata: dict[str, Any] | None = None,
+                     actor: str | None = None):
+        """The chosen faces of `ref` become a new person `external_id`."""
+        return self.store.split_person(ref, face_ids, external_id, display_name=display_name,
+                                       metadata=metadata, actor=actor)
+
+    def person_history(self, ref: int | str, *, limit: int = 50, before: int | None = None):
+        return self.store.person_history(ref, limit=limit, before=before)
+
+    def audit_log(self, *, limit: int = 50, before: int | None = None, action: str | None = None):
+        return self.store.audit_log(limit=limit, before=before, action=action)
+
+    def audit_entry(self, entry_id: int):
+        return self.store.audit_entry(entry_id)
+
+    def undo_merge(self, entry_id: int, *, actor: str | None = None):
+        """Undo the merge recorded as audit entry `entry_id`, while its faces still exist."""
+        return self.store.undo_merge(entry_id, actor=actor)
+
+    # --- face chips (identity/chips.py) ------------------------------------------------------
+
+    def chip(self, face_id: int):
+        return self.store.chip(face_id)
+
+    def backfill_chips(self, *, on_progress=None):
+        """Chips for stored faces that have none, cut from their source photos where those
+        are still readable and unchanged (same sha256); the others are counted, not fatal."""
+        from identity.chips import backfill
+
+        return backfill(self.store, self.settings, on_progress=on_progress)
 
     def export(self, out_dir: str | Path):
         """Persons, faces and embeddings as Parquet + JSON, readable without this project."""

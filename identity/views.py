@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["DeleteOut", "MergeOut", "PersonOut", "PersonPageOut"]
+__all__ = ["DeleteOut", "MergeOut", "PersonOut", "PersonPageOut", "PersonRefOut"]
+
+
+class PersonRefOut(BaseModel):
+    """Which person a response acted on: both of its names, so a client that sent either
+    one can see which person it reached."""
+
+    id: int
+    external_id: str
 
 
 class PersonOut(BaseModel):
@@ -33,6 +41,7 @@ class PersonPageOut(BaseModel):
 
 class MergeOut(BaseModel):
     person: PersonOut
+    merged_person_id: int | None = None
     merged_external_id: str
     faces_moved: int
 

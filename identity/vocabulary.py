@@ -57,3 +57,18 @@ class Scope(Choice):
     read = "read"
     enroll = "enroll"
     admin = "admin"
+
+
+class JobKind(Choice):
+    enroll = "enroll"
+    cluster = "cluster"
+
+
+class JobStatus(Choice):
+    """A recorded job's state; the last three are final."""
+
+    queued = "queued"  # recorded, no batch finished yet
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"  # `error` says why (a batch failed, its process died too often, its client gave up)
+    cancelled = "cancelled"  # DELETE /v1/jobs/{id}: no batch writes anything afterwards

@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    """`get_settings()` is cached per process; a test that sets IDENTITY_* variables (and
+    runs the CLI in-process) must not see another test's settings, nor leave its own."""
+    from identity.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 # A developer's own IDENTITY_* settings must not leak into the suite.
 for _name in [n for n in os.environ if n.startswith("IDENTITY_")]:
     del os.environ[_name]

@@ -134,3 +134,16 @@ def test_detect_draw_takes_a_folder_for_several_images(env, tmp_path):
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 2
     first = sorted((tmp_path / "drawn").glob("*.png"))[0]
     assert np.asarray(Image.open(first)).shape[:2] == np.asarray(Image.open(group[0])).shape[:2]
+
+
+def test_models_list_shows_each_licence_and_fetch_refuses_a_restricted_one_without_acceptance(capsys, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setenv("IDENTITY_MODELS_DIR", str(tmp_path))
+    code, out, _ = run(["models", "list", "--json"], capsys)
+    models = {m["name"]: m for m in json.loads(out)}
+    assert code == 0
+    assert models["facenet-keras-128"]["license"]["commercial_use"] is True
+    assert models["w600k-mbf-512"]["license"]["commercial_use"] is False
+    code, _, err = run(["models", "fetch", "w600k-mbf-512"], capsys)
+    assert code == 3 and "--accept-license" in err and "commercially" in err
+    assert not list(tmp_path.iterdir())  # nothing downloaded

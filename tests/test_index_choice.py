@@ -49,22 +49,24 @@ def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
     assert bigger.spec.kind == "hnsw" and "> index_exact_max 1,000" in bigger.choice.reason
 
 
-def test_reranked_ivfpq_reads_rows_from_a_memory_mapped_file(tmp_path):
+def test_a_compressed_index_reranked_from_a_memory_mapped_file(tmp_path):
     gen = FaceLikeGenerator.calibrated(64, seed=2)
     vectors, labels = gen.faces(2000, (2, 6))
     path = tmp_path / "rows.f32"
     vectors.tofile(path)
     rows = open_rows(path, 64)
     assert isinstance(rows, np.memmap) and rows.shape == vectors.shape
-    ivfpq = faiss.IndexIVFPQ(faiss.IndexFlatIP(64), 64, 32, 16, 8, faiss.METRIC_INNER_PRODUCT)
-    ivfpq.train(vectors)
-    ivfpq.add(vectors)
-    index = RerankedIndex(ivfpq, rows, rerank=100, params=faiss.SearchParametersIVF(nprobe=32))
+    # 4-bit codes: as coarse as PQ for this purpose and no PQ k-means to train in a test.
+    coarse = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(64), 64, 32, faiss.ScalarQuantizer.QT_4bit,
+                                           faiss.METRIC_INNER_PRODUCT)
+    coarse.train(vectors)
+    coarse.add(vectors)
+    index = RerankedIndex(coarse, rows, rerank=100, params=faiss.SearchParametersIVF(nprobe=32))
     probes = np.arange(0, 2000, 9)
     queries = gen.new_faces(probes)
     scores, positions = index.search(queries, 10)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recall = np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions.tolist(), truth.tolist())])
-    assert recall >= 0.95  # every list probed: only PQ's order was coarse, and re-ranking fixes it
+    assert recall >= 0.95  # every list probed: only the codes' order was coarse, re-ranking fixes it
     assert np.all(np.diff(scores, axis=1) <= 0)  # exact scores, best first
     assert np.mean(labels[positions[:, 0]] == probes) >= 0.95

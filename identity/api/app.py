@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from identity.api import errors
+from identity.api import console, errors
 from identity.api.limits import BodyLimitMiddleware
 from identity.api.metrics import Metrics
 from identity.api.routes import enroll, health, persons, vision
@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         description="Face enrollment, 1:N search, 1:1 verification, detection and clustering.",
         lifespan=lifespan,
         responses=_ERRORS,
+        # Served by the console from vendored files instead: FastAPI's pages load theirs from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service or Service(settings)
     app.state.warm_error = None
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     for router in (health.router, persons.router, enroll.router, vision.router):
         app.include_router(router)
+    console.install(app)  # the web console at / and the offline /docs
     return app
 
 

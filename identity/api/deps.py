@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from identity.api.security import require
 from identity.service import Service
@@ -21,6 +21,11 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 ReadKey = Annotated[ApiKey, Depends(require("read"))]
 EnrollKey = Annotated[ApiKey, Depends(require("enroll"))]
 AdminKey = Annotated[ApiKey, Depends(require("admin"))]
+# The one reference rule (identity/names.py), stated where clients read it: the schema.
+PersonRef = Annotated[str, Path(
+    max_length=256,
+    description="A person: digits only (0-9) are the person's id; anything else is an external "
+    "id or an alias. External ids are never made only of digits, so the two cannot collide.")]
 
 
 @contextmanager

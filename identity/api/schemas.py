@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 # Shown by the CLI too, so they live below both front ends.
-from identity.views import DeleteOut, MergeOut, PersonOut, PersonPageOut  # noqa: F401
+from identity.views import DeleteOut, MergeOut, PersonOut, PersonPageOut, PersonRefOut  # noqa: F401
 
 Level = Literal["loose", "normal", "strict"]
 
@@ -38,7 +38,8 @@ class PersonUpdate(BaseModel):
 
 
 class MergeIn(BaseModel):
-    other: str = Field(min_length=1, max_length=256, description="Id or external id of the person merged away.")
+    other: str = Field(min_length=1, max_length=256, description="The person merged away: digits are "
+                       "a person id, anything else an external id or alias.")
 
 
 class FaceOut(BaseModel):
@@ -62,7 +63,9 @@ class ItemOutcomeOut(BaseModel):
 
 
 class EnrollOut(BaseModel):
-    person: str
+    person: str = Field(description="The person's external id")
+    person_id: int | None = Field(None, description="The person's id; null when nothing was enrolled "
+                                  "to a person the upload would have created")
     outcomes: list[ItemOutcomeOut]
 
 
@@ -121,6 +124,7 @@ class VerifyOut(BaseModel):
     face_b: FaceOut | None
     faces_in_a: int
     faces_in_b: int
+    person: PersonRefOut | None = Field(None, description="The enrolled person compared against, when `person` was given")
 
 
 class DetectImageOut(BaseModel):

@@ -11,7 +11,10 @@ from rich.table import Table
 from identity.cli._common import JsonOption, dump, out, service
 from identity.views import DeleteOut, MergeOut, PersonOut
 
-app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete.")
+app = typer.Typer(help="Enrolled persons: list, show, rename, merge, delete. A PERSON made only of "
+                  "digits is a person id; anything else is an external id or an alias.")
+# The help of every PERSON argument: the one reference rule of identity/names.py, as the API states it.
+REF_HELP = "Person id (digits only), or external id or alias (anything else)."
 
 
 def person_dict(person) -> dict:
@@ -41,7 +44,7 @@ def persons_list(
 
 
 @app.command("show")
-def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or alias.")],
+def persons_show(ref: Annotated[str, typer.Argument(help=REF_HELP)],
                  as_json: JsonOption = False) -> None:
     """One person with their faces."""
     with service() as svc:
@@ -68,46 +71,51 @@ def persons_show(ref: Annotated[str, typer.Argument(help="Id, external id or ali
 
 
 @app.command("rename")
-def persons_rename(ref: Annotated[str, typer.Argument()], name: Annotated[str, typer.Argument()],
+def persons_rename(ref: Annotated[str, typer.Argument(help=REF_HELP)], name: Annotated[str, typer.Argument()],
                    as_json: JsonOption = False) -> None:
     """Set a person's display name."""
     with service() as svc:
         person = svc.rename_person(ref, name)
     if as_json:
         return dump(person_dict(person))
-    out.print(f"{person.external_id}: {person.display_name}", highlight=False)
+    out.print(f"{person.external_id} (id {person.id}): {person.display_name}", highlight=False)
 
 
 @app.command("merge")
 def persons_merge(
-    keep: Annotated[str, typer.Argument(help="The person that stays.")],
-    other: Annotated[str, typer.Argument(help="Merged into KEEP; its external id becomes an alias.")],
+    keep: Annotated[str, typer.Argument(help="The person that stays. " + REF_HELP)],
+    other: Annotated[str, typer.Argument(help="Merged into KEEP; its external id becomes an alias. " + REF_HELP)],
     as_json: JsonOption = False,
 ) -> None:
     """Move every face of OTHER to KEEP."""
     with service() as svc:
         result = svc.merge_persons(keep, other)
     if as_json:
-        return dump(MergeOut(person=PersonOut.of(result.person), merged_external_id=result.merged_external_id,
+        return dump(MergeOut(person=PersonOut.of(result.person), merged_person_id=result.merged_person_id,
+                             merged_external_id=result.merged_external_id,
                              faces_moved=result.faces_moved).model_dump(mode="json"))
-    out.print(f"merged {result.merged_external_id} into {result.person.external_id}: "
+    out.print(f"merged {result.merged_external_id} (id {result.merged_person_id}) into "
+              f"{result.person.external_id} (id {result.person.id}): "
               f"{result.faces_moved} face(s) moved", highlight=False)
 
 
 @app.command("delete")
 def persons_delete(
-    ref: Annotated[str, typer.Argument()],
+    ref: Annotated[str, typer.Argument(help=REF_HELP)],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Delete a person, their faces and embeddings, and images no other face uses."""
-    if not yes and not typer.confirm(f"delete {ref} and all their faces?"):
-        raise typer.Abort()
     with service() as svc:
+        if not yes:  # name the person the reference reached before anything is deleted
+            person = svc.person(ref)
+            if not typer.confirm(f"delete {person.external_id} (id {person.id}) and their "
+                                 f"{person.face_count} face(s)?"):
+                raise typer.Abort()
         result = svc.delete_person(ref)
     if as_json:
         return dump(DeleteOut.model_validate(result, from_attributes=True).model_dump(mode="json"))
-    out.print(f"deleted {result.external_id}: {result.faces_deleted} face(s), "
+    out.print(f"deleted {result.external_id} (id {result.person_id}): {result.faces_deleted} face(s), "
               f"{result.images_deleted} image(s)", highlight=False)
 
 

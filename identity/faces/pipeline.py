@@ -27,10 +27,11 @@ from identity.config import Settings, get_settings
 from identity.errors import InputError
 from identity.faces import models
 from identity.faces.align import align
+from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import Detector, Selection, select_faces
 from identity.faces.embed import Embedder, resolve_device
-from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
+from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class FacePipeline:
         *,
         select: Selection = "all",
         keep_crops: bool = False,
+        keep_chips: bool = False,
     ) -> Iterator[ImageResult]:
         decoded = map_ahead(
             lambda ref: decode_or_error(ref, self.settings), (as_ref(r) for r in refs),
@@ -115,7 +117,7 @@ class FacePipeline:
         )
         batches = iter(lambda: list(islice(decoded, self.settings.batch_size)), [])
         detected = map_ahead(
-            lambda batch: self._detect_batch(batch, select), batches,
+            lambda batch: self._detect_batch(batch, select, keep_chips), batches,
             workers=self.settings.detect_workers, lookahead=self.settings.detect_workers + 1,
         )
         for batch in detected:
@@ -129,8 +131,10 @@ class FacePipeline:
 
     # --- internals ------------------------------------------------------------------
 
-    def _detect_batch(self, batch: list[DecodedImage | ImageResult], select: Selection) -> _Detected:
-        """Stage one: detect, select and align every face of a batch."""
+    def _detect_batch(self, batch: list[DecodedImage | ImageResult], select: Selection,
+                      keep_chips: bool = False) -> _Detected:
+        """Stage one: detect, select and align every face of a batch (and cut its chips,
+        here where the working-resolution pixels still are)."""
         images = [item for item in batch if isinstance(item, DecodedImage)]
         detections = self.detector.detect([image.pixels for image in images])
         chosen = [
@@ -149,9 +153,16 @@ class FacePipeline:
             for image, faces in zip(images, chosen)
             for face in faces
         ]
+        chips = [
+            make_chip(image.pixels, face.box, face.landmarks, scale=image.scale,
+                      size=self.settings.chip_size, quality=self.settings.chip_quality)
+            if keep_chips else None
+            for image, faces in zip(images, chosen)
+            for face in faces
+        ]
         size = self.spec.input_size
         stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-        return _Detected(batch, images, chosen, stacked)
+        return _Detected(batch, images, chosen, stacked, chips)
 
     def _embed_batch(self, detected: _Detected, *, keep_crops: bool) -> list[ImageResult]:
         """Stage two: embed every crop of the batch in one network call."""
@@ -167,6 +178,7 @@ class FacePipeline:
                         image.scale,
                         embedding=embeddings[cursor],
                         crop=detected.crops[cursor] if keep_crops else None,
+                        chip=detected.chips[cursor],
                     )
                 )
                 cursor += 1
@@ -186,6 +198,7 @@ class _Detected:
     images: list  # the decoded ones
     chosen: list  # per decoded image, its selected faces
     crops: np.ndarray  # every chosen face's aligned crop, in order
+    chips: list  # every chosen face's FaceChip (None unless asked for), in order
 
 
 def map_ahead(fn: Callable, items: Iterable, *, workers: int, lookahead: int) -> Iterator:
@@ -236,7 +249,8 @@ def to_full_resolution(face: DetectedFace, scale: float) -> DetectedFace:
 
 
 def _embedded_face(
-    face: DetectedFace, scale: float, *, embedding: np.ndarray, crop: np.ndarray | None
+    face: DetectedFace, scale: float, *, embedding: np.ndarray, crop: np.ndarray | None,
+    chip: FaceChip | None = None,
 ) -> Face:
     """Reported in full-resolution pixels; quality is judged at the working resolution,
     where the network saw the face."""
@@ -248,4 +262,5 @@ def _embedded_face(
         embedding=embedding,
         quality=face_quality(face),
         crop=crop,
+        chip=chip,
     )

@@ -29,12 +29,24 @@ class DetectedFace:
 
 
 @dataclass(frozen=True)
+class FaceChip:
+    """A small square JPEG around a face (identity/faces/chips.py): enough to show the face
+    and to re-align it for another model without the original photo."""
+
+    jpeg: bytes
+    size: int  # side in pixels
+    landmarks: np.ndarray  # (5, 2) float32, in chip pixels
+    region: tuple[float, float, float]  # x, y, side of the chip's square in the photo's full-resolution pixels
+
+
+@dataclass(frozen=True)
 class Face(DetectedFace):
     """A detected face with its L2-normalised embedding."""
 
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (dim,) float32
     quality: float = 0.0  # 0..1, from detection probability and face size; higher is better
     crop: np.ndarray | None = None  # aligned crop, uint8 HxWx3, kept only when asked for
+    chip: FaceChip | None = None  # kept only when asked for (enrollment, with settings.chips)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ registers those names and calls the service.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -27,7 +28,7 @@ from celery import Celery
 
 from identity.config import Settings
 from identity.enroll import EnrollItem, ItemOutcome
-from identity.errors import ServiceUnavailableError
+from identity.errors import NoWorkerError, ServiceUnavailableError
 from identity.runners.base import OnDone
 
 QUEUE = "identity"
@@ -65,17 +66,36 @@ def make_celery(broker_url: str, *, visibility_timeout: int, include: Sequence[s
     return app
 
 
+def redact(url: str) -> str:
+    """The broker URL without its password, for messages."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the broker"
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 class CeleryRunner:
     kind = "celery"
+    remote = True
 
-    def __init__(self, app: Celery, *, wait_timeout: float | None = None) -> None:
+    def __init__(self, app: Celery, *, wait_timeout: float | None = None, worker_wait: float = 10.0,
+                 visibility_timeout: float = 3600.0, broker: str = "") -> None:
         self.app = app
-        self.wait_timeout = wait_timeout  # how long a caller waits for one batch
+        self.wait_timeout = wait_timeout  # how long a synchronous caller waits for one batch
+        self.worker_wait = worker_wait  # how long `enroll` waits without any sign of a worker
+        self.visibility_timeout = visibility_timeout
+        self.broker = broker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryRunner:
         app = make_celery(str(settings.broker_url), visibility_timeout=settings.task_visibility_timeout)
-        return cls(app, wait_timeout=settings.task_visibility_timeout)
+        return cls(app, wait_timeout=settings.enroll_wait_seconds, worker_wait=settings.worker_wait_seconds,
+                   visibility_timeout=settings.task_visibility_timeout, broker=redact(str(settings.broker_url)))
 
     def _send(self, name: str, args: list) -> Any:
         try:
@@ -95,21 +115,93 @@ class CeleryRunner:
             raise ServiceUnavailableError(f"no worker finished the batch within {timeout} s") from None
         return [ItemOutcome(**o) for o in raw]
 
-    def enroll(self, batches: Iterable[list[EnrollItem]], *, largest_face: bool, on_done: OnDone) -> None:
+    def workers_alive(self) -> list[str]:
+        """The workers answering Celery's ping now. A solo-pool worker busy with a batch
+        answers only between tasks, so an empty answer alone does not mean none is alive."""
+        try:
+            replies = self.app.control.ping(timeout=1.0) or []
+        except Exception as exc:
+            raise ServiceUnavailableError(f"cannot reach the broker: {exc}") from exc
+        return sorted(name for reply in replies for name in reply)
+
+    def _wait_live(self, result, pending: deque) -> list[ItemOutcome]:
+        """Wait for `result` as long as some worker shows signs of life: a ping answered,
+        a batch started or finished. Silent for `worker_wait` seconds → NoWorkerError."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        quiet_since = time.monotonic()
+        seen: set[tuple[str, str]] = set()
+        started_at: dict[str, float] = {}
+        while True:
+            try:
+                raw = result.get(timeout=min(1.0, self.worker_wait), propagate=True)
+                return [ItemOutcome(**o) for o in raw]
+            except CeleryTimeout:
+                pass
+            now = time.monotonic()
+            if now - quiet_since < self.worker_wait:
+                continue
+            states = {(r.id, r.state) for r in [result, *pending]}
+            moved = bool(states - seen)
+            seen |= states
+            for task_id, state in states:
+                if state == "STARTED":
+                    started_at.setdefault(task_id, now)
+            # A started batch is a busy worker, until Redis would hand it to another one.
+            busy = any(now - t < self.visibility_timeout for t in started_at.values())
+            if moved or busy or self.workers_alive():
+                quiet_since = now
+                continue
+            raise NoWorkerError(
+                f"no Celery worker is alive (none answered a ping or took a batch for "
+                f"{self.worker_wait:g} s on {self.broker or 'the broker'}); the batches not yet done "
+                "will not be applied: start a worker (celery -A workers.app worker) and run the "
+                "command again, it skips what is already enrolled")
+
+    def enroll(self, batches: Iterable[list[EnrollItem]], *, largest_face: bool, on_done: OnDone,
+               job_id: str | None = None) -> None:
         """One task per batch, up to WINDOW in flight; outcomes reported in input order."""
         pending: deque = deque()
-        for batch in batches:
-            pending.append(self._send_batch(batch, largest_face))
-            if len(pending) >= WINDOW:
-                on_done(self._collect(pending.popleft(), None))
-        while pending:
-            on_done(self._collect(pending.popleft(), None))
+        try:
+            for number, batch in enumerate(batches):
+                pending.append(self._send_batch(batch, largest_face, job_id, number if job_id else None))
+                if len(pending) >= WINDOW:
+                    oldest = pending.popleft()
+                    on_done(self._wait_live(oldest, pending))
+            while pending:
+                oldest = pending.popleft()
+                on_done(self._wait_live(oldest, pending))
+        except BaseException:
+            # Workers alive now drop these at once; one started later finds the job ended
+            # on record (the caller fails it) and writes nothing.
+            self._revoke([r.id for r in pending])
+            raise
 
-    def enroll_now(self, batch: list[EnrollItem], *, largest_face: bool) -> list[ItemOutcome]:
-        return self._collect(self._send_batch(batch, largest_face), self.wait_timeout)
+    def _revoke(self, task_ids: list[str]) -> None:
+        if not task_ids:
+            return
+        try:
+            self.app.control.revoke(task_ids)
+        except Exception:
+            pass
 
-    def submit_enroll_job(self, job_id: str, batches: list[list[EnrollItem]], *, largest_face: bool) -> None:
-        for number, batch in enumerate(batches):
+    def enroll_now(self, batch: list[EnrollItem], *, largest_face: bool, job_id: str | None = None,
+                   wait: float | None = None) -> list[ItemOutcome] | None:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self._send_batch(batch, largest_face, job_id, 0 if job_id else None)
+        wait = self.wait_timeout if wait is None else wait
+        if job_id is None:
+            return self._collect(result, wait)
+        try:
+            raw = result.get(timeout=wait, propagate=True)
+        except CeleryTimeout:
+            return None  # the job row will have the outcomes
+        return [ItemOutcome(**o) for o in raw]
+
+    def submit_enroll_job(self, job_id: str, batches: Sequence[tuple[int, list[EnrollItem]]], *,
+                          largest_face: bool) -> None:
+        for number, batch in batches:
             self._send_batch(batch, largest_face, job_id, number)
 
     def submit_cluster_job(self, job_id: str, spec: dict[str, Any]) -> None:

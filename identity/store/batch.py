@@ -13,6 +13,8 @@ import psycopg
 
 from identity.faces.types import Face
 from identity.store import pgcopy
+from identity.store.audit import record_created
+from identity.store.chips import insert_chips
 from identity.store.types import AddOutcome, FacesToAdd, ModelInfo
 
 # Who a face belongs to while deciding: an existing person id, a person still to be
@@ -47,6 +49,8 @@ def write_batch(conn: psycopg.Connection, items: Sequence[FacesToAdd], model: Mo
         _insert_images(conn, adding, images)
         _copy_faces(conn, adding, persons, images, model)
         stored = _stored_faces(conn, sorted({images[p.digest] for p in plans if p.digest in images}), model.name)
+        insert_chips(conn, ((stored[(images[p.digest], i)][0], p.item.image.faces[i].chip)
+                            for p in adding for i in p.new_indexes if p.item.image.faces[i].chip is not None))
     return [_outcome(p, persons, images, stored) for p in plans]
 
 
@@ -118,10 +122,12 @@ def _plan(items, persons, images, stored, names) -> list[_Plan]:
 
 def _create_persons(conn: psycopg.Connection, adding: list[_Plan], persons: dict[str, int]) -> None:
     wanted: dict[str, str | None] = {}
+    actors: dict[str, str | None] = {}
     for p in adding:
         ext = p.item.external_id
         if ext and ext not in persons:
             wanted.setdefault(ext, p.item.display_name)
+            actors.setdefault(ext, p.item.actor)
     if not wanted:
         return
     rows = conn.execute(
@@ -130,6 +136,7 @@ def _create_persons(conn: psycopg.Connection, adding: list[_Plan], persons: dict
         (list(wanted), list(wanted.values())),
     ).fetchall()
     persons.update(dict(rows))
+    record_created(conn, [(pid, ext, wanted[ext], actors[ext]) for ext, pid in rows])
 
 
 def _insert_images(conn: psycopg.Connection, adding: list[_Plan], images: dict[bytes, int]) -> None:

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from identity.config import Settings, get_settings
 from identity.errors import ModelMismatchError, StoreError
-from identity.store.embedded import embedded_url, redact
+from identity.store.embedded import embedded_url, init_lock, pgdata_dir, redact, server_for
 from identity.store.migrate import ensure_schema
 
 if TYPE_CHECKING:
@@ -77,10 +77,21 @@ class StoreCore:
         upgrade`) unless `migrate=True`: a server we own is ours to migrate, another is
         the operator's."""
         settings = settings or get_settings()
-        url = database_url(settings)
-        probe(url)
-        ensure_schema(url, migrate=settings.database_url is None if migrate is None else migrate)
+        if settings.database_url is None:
+            # Start, create and migrate as one step per data dir: see embedded.init_lock.
+            with init_lock(pgdata_dir(settings).parent):
+                url = database_url(settings)
+                probe(url)
+                ensure_schema(url, migrate=True if migrate is None else migrate)
+        else:
+            url = database_url(settings)
+            probe(url)
+            ensure_schema(url, migrate=bool(migrate))
         store = cls(url, pool_min=settings.db_pool_min, pool_max=settings.db_pool_max)
+        server = server_for(settings)
+        if server is not None:
+            # Connections to a postmaster that died are dead; replace them once it is back.
+            server.on_restart(store._pool.check)
         return store.connect()
 
     def connect(self) -> Self:
@@ -93,6 +104,23 @@ class StoreCore:
 
     def close(self) -> None:
         self._pool.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """One round trip, waiting at most about `timeout` for a connection: what
+        readiness reports. Raises StoreError."""
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+        except PoolClosed as exc:
+            raise StoreError("the store is closed") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"no database connection within {timeout:g} s") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"database connection failed: {type(exc).__name__}") from exc
 
     def __enter__(self) -> Self:
         return self

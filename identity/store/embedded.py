@@ -11,13 +11,31 @@ removes its pid and the *last* one stops the server with `pg_ctl stop` (a clean
 shutdown). A process killed with SIGKILL never runs atexit, so its pid would stay in
 the list forever and the server would then never be stopped; we prune pids of dead
 processes under the same lock before attaching.
+
+Two more duties are ours:
+* Initialising a fresh data directory is serialised by a file lock in `data_dir`
+  (`init_lock`): without it, two processes starting at once raced on creating pgdata,
+  the `identity` database (a `UniqueViolation` on `pg_database_datname_index`, not the
+  `DuplicateDatabase` one would expect) and the migration tables.
+* A postmaster that dies under us (killed, OOM) is restarted by a watchdog thread in
+  every process holding a handle, under pgserver's lock, so exactly one of them does
+  it; stores on that server are told, so their pools drop the dead connections.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import logging
+import os
 import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import psutil
@@ -28,12 +46,148 @@ from identity.errors import StoreError
 _log = logging.getLogger(__name__)
 
 DATABASE = "identity"
+DEFAULT_WATCH_SECONDS = 2.0
 _lock = threading.Lock()
-_servers: dict[Path, object] = {}  # pgdata -> pgserver.PostgresServer
+_servers: dict[Path, EmbeddedServer] = {}  # pgdata -> this process's handle
 
 
 def pgdata_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser().resolve() / "pgdata"
+
+
+class _InitLock:
+    def __init__(self) -> None:
+        self.rlock = threading.RLock()
+        self.depth = 0
+        self.handle: Any = None
+
+
+_init_locks: dict[Path, _InitLock] = {}
+
+
+@contextmanager
+def init_lock(data_dir: str | Path) -> Iterator[None]:
+    """Exclusive, across processes, for starting the server of `data_dir` and creating
+    and migrating its database. Re-entrant within a process (flock is per open file,
+    so a nested acquisition would wait for itself)."""
+    path = Path(data_dir).expanduser().resolve()
+    with _lock:
+        entry = _init_locks.setdefault(path, _InitLock())
+    with entry.rlock:
+        if entry.depth == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            handle = open(path / ".init.lock", "a+b")  # noqa: SIM115 - held across the yield
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except BaseException:
+                handle.close()
+                raise
+            entry.handle = handle
+        entry.depth += 1
+        try:
+            yield
+        finally:
+            entry.depth -= 1
+            if entry.depth == 0:
+                entry.handle.close()  # releases the flock
+                entry.handle = None
+
+
+class EmbeddedServer:
+    """This process's handle on one embedded server, and the watchdog that restarts the
+    postmaster if it dies while we hold the handle."""
+
+    def __init__(self, pgdata: Path, handle: Any, watch_seconds: float) -> None:
+        self.pgdata = pgdata
+        self.handle = handle  # pgserver.PostgresServer
+        self.watch_seconds = watch_seconds
+        self.restarts = 0
+        self.last_restart: datetime | None = None
+        self.last_error: str | None = None
+        self._listeners: list[weakref.WeakMethod | Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="pg-watchdog", daemon=True)
+        self._thread.start()
+        # atexit runs last-registered first: this stops the watchdog before pgserver's
+        # own exit handler (registered earlier, with the handle) stops the server, so the
+        # watchdog never restarts a server that is being shut down on purpose.
+        atexit.register(self.stop_watching)
+
+    def get_uri(self, database: str | None = None) -> str:
+        return self.handle.get_uri(database)
+
+    def running(self) -> bool | None:
+        """Is the postmaster up? None while its pid file is being rewritten."""
+        from pgserver.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        except (AssertionError, ValueError, OSError):
+            return None
+        return info is not None and info.is_running()
+
+    def on_restart(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after each restart (a bound method is held weakly)."""
+        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else callback
+        self._listeners.append(ref)
+
+    def ensure_running(self) -> bool:
+        """Start the postmaster again if it is dead and this process still holds a handle;
+        True when this call restarted it. Under pgserver's inter-process lock, so of all
+        the processes noticing at once only the first restarts it, and a process that is
+        leaving (its pid already out of the handle list) never does."""
+        from pgserver import PostgresServer
+        from pgserver.utils import DiskList
+
+        with PostgresServer._lock:
+            if os.getpid() not in DiskList(self.pgdata / ".handle_pids.json").get():
+                return False
+            if self.running() is not False:
+                return False
+            _log.warning("embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
+            self.handle.ensure_postgres_running()
+        self.restarts += 1
+        self.last_restart = datetime.now(timezone.utc)
+        self.last_error = None
+        _log.warning("embedded PostgreSQL restarted (restart %d)", self.restarts)
+        for ref in list(self._listeners):
+            callback = ref() if isinstance(ref, weakref.WeakMethod) else ref
+            if callback is None:
+                self._listeners.remove(ref)
+                continue
+            try:
+                callback()
+            except Exception:
+                _log.exception("after the embedded PostgreSQL restart: a listener failed")
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_seconds):
+            try:
+                self.ensure_running()
+            except Exception as exc:  # the old backends may still hold shared memory: next tick
+                self.last_error = f"restart failed: {type(exc).__name__}"
+                _log.warning("embedded PostgreSQL: restart failed (%s); retrying in %.0f s",
+                             exc, self.watch_seconds)
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        return {"running": bool(self.running()), "restarts": self.restarts,
+                "last_restart": self.last_restart.isoformat() if self.last_restart else None,
+                "last_error": self.last_error}
+
+    def cleanup(self) -> None:
+        self.stop_watching()
+        self.handle.cleanup()
+
+
+def server_for(settings: Settings) -> EmbeddedServer | None:
+    """This process's handle on the settings' embedded server, if it has one."""
+    if settings.database_url is not None:
+        return None
+    return _servers.get(pgdata_dir(settings))
 
 
 def _prune_dead_handles(pgdata: Path) -> None:
@@ -48,9 +202,14 @@ def _prune_dead_handles(pgdata: Path) -> None:
         handles.put(alive)
 
 
-def start_server(pgdata: Path, *, cleanup_mode: str | None = "stop"):
+def start_server(pgdata: Path, *, cleanup_mode: str | None = "stop",
+                 watch_seconds: float = DEFAULT_WATCH_SECONDS) -> EmbeddedServer:
     """Start (or attach to) the server for `pgdata`; one handle per process."""
     with _lock:
+        server = _servers.get(pgdata)
+        if server is not None:
+            return server
+    with init_lock(pgdata.parent), _lock:
         server = _servers.get(pgdata)
         if server is not None:
             return server
@@ -58,17 +217,16 @@ def start_server(pgdata: Path, *, cleanup_mode: str | None = "stop"):
             import pgserver
             from pgserver import PostgresServer
 
-            pgdata.parent.mkdir(parents=True, exist_ok=True)
             if pgdata.exists():
                 with PostgresServer._lock:
                     _prune_dead_handles(pgdata)
-            server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+            handle = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
         except Exception as exc:  # pgserver raises bare CalledProcessError / RuntimeError
             raise StoreError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc} "
                 f"(see {pgdata / 'log'}; or set IDENTITY_DATABASE_URL to use another server)"
             ) from exc
-        _servers[pgdata] = server
+        server = _servers[pgdata] = EmbeddedServer(pgdata, handle, watch_seconds)
         return server
 
 
@@ -85,7 +243,8 @@ def server_uri(server, database: str) -> str:
 
 
 def ensure_database(server, database: str = DATABASE) -> str:
-    """Create `database` if missing (racing processes are fine); returns its URI."""
+    """Create `database` if missing; returns its URI. Callers in different processes hold
+    `init_lock`; a racing CREATE DATABASE fails with either error below, both harmless."""
     import psycopg
     from psycopg import errors, sql
 
@@ -94,15 +253,25 @@ def ensure_database(server, database: str = DATABASE) -> str:
         if not exists:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except errors.DuplicateDatabase:
+            except (errors.DuplicateDatabase, errors.UniqueViolation):
                 pass
     return server.get_uri(database)
 
 
 def embedded_url(settings: Settings) -> str:
     """Start/attach the embedded server and return the URI of the `identity` database."""
-    server = start_server(pgdata_dir(settings))
-    return ensure_database(server)
+    with init_lock(settings.data_dir):
+        server = start_server(pgdata_dir(settings), watch_seconds=settings.embedded_watch_seconds)
+        return ensure_database(server)
+
+
+def wait_until_running(server: EmbeddedServer, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.running():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def redact(url: str) -> str:

@@ -19,6 +19,7 @@ from identity.store import pgcopy
 from identity.store.batch import write_batch
 from identity.store.changes import read_watermark
 from identity.store.core import StoreCore
+from identity.store.jobs import lock_active
 from identity.store.persons import resolve_person
 from identity.store.types import AddOutcome, FaceRow, FacesToAdd, KnownFace, KnownImage, ModelInfo
 
@@ -119,14 +120,18 @@ class FacesMixin(StoreCore):
             for iid, sha, source, w, h in images
         }
 
-    def add_faces(self, items: Sequence[FacesToAdd], *, model: ModelInfo) -> list[AddOutcome]:
+    def add_faces(self, items: Sequence[FacesToAdd], *, model: ModelInfo,
+                  job_id: str | None = None) -> list[AddOutcome]:
         """Write a batch of processed images and their selected faces in ONE transaction
         (persons upserted, images inserted, faces by binary COPY). Idempotent: a face
         already stored with the same (image sha256, model, face index) and person adds
         nothing; with a different person it is a conflict and nothing is written for
-        that image. Returns one outcome per item, in input order."""
+        that image. Returns one outcome per item, in input order. With `job_id`, nothing
+        is written unless that job is still queued or running (`JobEndedError`)."""
         _validate(items, model)
         with self._write() as conn:
+            if job_id is not None:
+                lock_active(conn, job_id)
             _register_model(conn, model)
             return write_batch(conn, items, model)
 

@@ -74,7 +74,9 @@ def ensure_schema(url: str, *, migrate: bool) -> None:
 
 def upgrade(settings: Settings) -> list[str]:
     """`identity db upgrade`: bring the configured database (embedded or not) up to date."""
-    from identity.store.embedded import embedded_url
+    from identity.store.embedded import embedded_url, init_lock
 
-    url = settings.database_url or embedded_url(settings)
-    return upgrade_url(url)
+    if settings.database_url:
+        return upgrade_url(settings.database_url)
+    with init_lock(settings.data_dir):
+        return upgrade_url(embedded_url(settings))

@@ -13,7 +13,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from identity import names
 from identity.errors import ConflictError, InputError, NotFoundError
+from identity.store.audit import record, record_merge, refuse_taken
 from identity.store.core import StoreCore
 from identity.store.types import DeleteResult, MergeResult, Person, PersonPage
 
@@ -40,27 +42,54 @@ def _person(row: TupleRow) -> Person:
 
 
 def resolve_person(conn: psycopg.Connection, ref: int | str, *, lock: bool = False) -> int:
-    """A person id from an id, an external id or an alias (in that order for strings:
-    external id, alias, then digits as an id). NotFoundError if none."""
-    person_id: int | None = None
-    if isinstance(ref, int):
-        person_id = ref
-    else:
+    """A person id from a reference, read by the one rule of `identity.names.person_ref`:
+    digits are an id and only an id; anything else is an external id or an alias, never
+    an id (so no external id can shadow a person id). NotFoundError if none."""
+    parsed = names.person_ref(ref)
+    person_id: int | None = parsed if isinstance(parsed, int) else None
+    if person_id is None:
         row = conn.execute(
             "SELECT id FROM persons WHERE external_id = %s "
             "UNION ALL SELECT person_id FROM person_aliases WHERE alias = %s LIMIT 1",
-            (ref, ref),
+            (parsed, parsed),
         ).fetchone()
-        if row is not None:
-            person_id = row[0]
-        elif ref.isdigit():
-            person_id = int(ref)
+        person_id = row[0] if row is not None else None
     if person_id is not None:
         suffix = " FOR UPDATE" if lock else ""
         row = conn.execute(f"SELECT id FROM persons WHERE id = %s{suffix}", (person_id,)).fetchone()
         if row is not None:
             return row[0]
-    raise NotFoundError(f"no person {ref!r}")
+    what = f"id {parsed}" if isinstance(parsed, int) else f"with external id {parsed!r}"
+    raise NotFoundError(f"no person {what}")
+
+
+def metadata_json(metadata: Mapping[str, Any]) -> str:
+    """Metadata as JSON that PostgreSQL's jsonb accepts: jsonb refuses NUL in any string
+    and JSON has no NaN or infinity, so either is the client's error (422), not a 500."""
+
+    def check(value: Any) -> None:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InputError("metadata may not contain the NUL character")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                check(str(key))
+                check(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check(item)
+
+    check(metadata)
+    try:
+        return json.dumps(dict(metadata), allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"metadata is not storable as JSON: {exc}") from None
+
+
+def _like_pattern(text: str) -> str:
+    """A substring pattern in which the client's % and _ (and the escape itself) are literal."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _get(conn: psycopg.Connection, person_id: int) -> Person:
@@ -70,34 +99,27 @@ def _get(conn: psycopg.Connection, person_id: int) -> Person:
     return _person(row)
 
 
-def _name_taken(conn: psycopg.Connection, name: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM persons WHERE external_id = %s "
-            "UNION ALL SELECT 1 FROM person_aliases WHERE alias = %s",
-            (name, name),
-        ).fetchone()
-        is not None
-    )
-
-
 class PersonsMixin(StoreCore):
     def create_person(
-        self, external_id: str, display_name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self, external_id: str, display_name: str | None = None, metadata: Mapping[str, Any] | None = None,
+        *, actor: str | None = None,
     ) -> Person:
-        if not external_id:
-            raise InputError("a person needs a non-empty external id")
+        external_id = names.external_id(external_id)
+        display_name = names.display_name(display_name)
+        payload = metadata_json(metadata or {})
         with self._write() as conn:
-            if _name_taken(conn, external_id):
-                raise ConflictError(f"person {external_id!r} already exists")
+            refuse_taken(conn, external_id)
             (person_id,) = conn.execute(
                 "INSERT INTO persons (external_id, display_name, metadata) VALUES (%s, %s, %s) RETURNING id",
-                (external_id, display_name, json.dumps(dict(metadata or {}))),
+                (external_id, display_name, payload),
             ).fetchone()
+            record(conn, "create", person_id=person_id, external_id=external_id, actor=actor,
+                   details={"display_name": display_name})
             return _get(conn, person_id)
 
     def get_person(self, ref: int | str) -> Person:
-        """By id (int), or by external id, alias, or id in digits (str). NotFoundError if none."""
+        """By id (an int, or a str of the digits 0-9), else by external id or alias (the
+        rule of `identity.names`). NotFoundError if none."""
         with self.connection() as conn:
             return _get(conn, resolve_person(conn, ref))
 
@@ -114,8 +136,8 @@ class PersonsMixin(StoreCore):
         limit = max(1, min(limit, 10_000))
         where, params = ["p.id > %s"], [after or 0]
         if query:
-            where.append("(p.external_id ILIKE %s OR p.display_name ILIKE %s)")
-            params += [f"%{query}%"] * 2
+            where.append("(p.external_id ILIKE %s ESCAPE '\\' OR p.display_name ILIKE %s ESCAPE '\\')")
+            params += [_like_pattern(names.search_text(query))] * 2
         with self.connection() as conn:
             rows = conn.execute(
                 _PERSON_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY p.id LIMIT %s",
@@ -124,16 +146,20 @@ class PersonsMixin(StoreCore):
         items = tuple(_person(r) for r in rows[:limit])
         return PersonPage(items=items, next_after=items[-1].id if len(rows) > limit else None)
 
-    def rename_person(self, ref: int | str, display_name: str | None) -> Person:
+    def rename_person(self, ref: int | str, display_name: str | None, *, actor: str | None = None) -> Person:
+        display_name = names.display_name(display_name)
         with self._write() as conn:
             person_id = resolve_person(conn, ref, lock=True)
+            (ext, old) = conn.execute(
+                "SELECT external_id, display_name FROM persons WHERE id = %s", (person_id,)).fetchone()
             conn.execute("UPDATE persons SET display_name = %s WHERE id = %s", (display_name, person_id))
+            record(conn, "rename", person_id=person_id, external_id=ext, actor=actor,
+                   details={"display_name": [old, display_name]})
             return _get(conn, person_id)
 
-    def set_external_id(self, ref: int | str, external_id: str) -> Person:
+    def set_external_id(self, ref: int | str, external_id: str, *, actor: str | None = None) -> Person:
         """Change a person's external id; the old one stays as an alias."""
-        if not external_id:
-            raise InputError("a person needs a non-empty external id")
+        external_id = names.external_id(external_id)
         with self._write() as conn:
             person_id = resolve_person(conn, ref, lock=True)
             (old,) = conn.execute("SELECT external_id FROM persons WHERE id = %s", (person_id,)).fetchone()
@@ -147,22 +173,30 @@ class PersonsMixin(StoreCore):
             conn.execute("DELETE FROM person_aliases WHERE alias = %s", (external_id,))
             conn.execute("UPDATE persons SET external_id = %s WHERE id = %s", (external_id, person_id))
             conn.execute("INSERT INTO person_aliases (alias, person_id) VALUES (%s, %s)", (old, person_id))
+            record(conn, "rename", person_id=person_id, external_id=external_id, actor=actor,
+                   details={"external_id": [old, external_id]})
             return _get(conn, person_id)
 
-    def update_metadata(self, ref: int | str, patch: Mapping[str, Any], *, replace: bool = False) -> Person:
+    def update_metadata(self, ref: int | str, patch: Mapping[str, Any], *, replace: bool = False,
+                        actor: str | None = None) -> Person:
         """Merge `patch` into the metadata (a None value removes the key), or replace it."""
         removed = [k for k, v in patch.items() if v is None]
         kept = {k: v for k, v in patch.items() if v is not None}
+        payload = metadata_json(kept)
+        metadata_json({str(k): None for k in removed})  # removed keys are text too: no NUL
         with self._write() as conn:
             person_id = resolve_person(conn, ref, lock=True)
-            base = "'{}'::jsonb" if replace else "metadata"
-            conn.execute(
-                f"UPDATE persons SET metadata = ({base} || %s::jsonb) - %s::text[] WHERE id = %s",
-                (json.dumps(kept), removed, person_id),
-            )
+            base = "'{}'::jsonb" if replace else "p.metadata"
+            (ext, before, after) = conn.execute(
+                f"UPDATE persons p SET metadata = ({base} || %s::jsonb) - %s::text[] "
+                "FROM persons o WHERE p.id = %s AND o.id = p.id RETURNING p.external_id, o.metadata, p.metadata",
+                (payload, removed, person_id),
+            ).fetchone()
+            record(conn, "update", person_id=person_id, external_id=ext, actor=actor,
+                   details={"metadata": [before, after]})
             return _get(conn, person_id)
 
-    def delete_person(self, ref: int | str) -> DeleteResult:
+    def delete_person(self, ref: int | str, *, actor: str | None = None) -> DeleteResult:
         """Delete a person, their faces (and so embeddings) and the images no other face
         uses, in one transaction. The faces' deletions reach the change log by trigger."""
         with self._write() as conn:
@@ -179,11 +213,14 @@ class PersonsMixin(StoreCore):
                     (sorted(set(image_ids)),),
                 ).rowcount
             conn.execute("DELETE FROM persons WHERE id = %s", (person_id,))
+            record(conn, "delete", person_id=person_id, external_id=external_id, actor=actor,
+                   details={"faces_deleted": len(image_ids), "images_deleted": images_deleted})
         return DeleteResult(person_id, external_id, len(image_ids), images_deleted)
 
-    def merge_persons(self, keep: int | str, other: int | str) -> MergeResult:
+    def merge_persons(self, keep: int | str, other: int | str, *, actor: str | None = None) -> MergeResult:
         """Move `other`'s faces and aliases to `keep`; `other`'s external id becomes an
-        alias of `keep`; metadata is merged (keep's values win); `other` is deleted."""
+        alias of `keep`; metadata is merged (keep's values win); `other` is deleted. The
+        audit entry keeps what an undo needs (identity/store/corrections.py: undo_merge)."""
         with self._write() as conn:
             keep_id = resolve_person(conn, keep)
             other_id = resolve_person(conn, other)
@@ -195,6 +232,7 @@ class PersonsMixin(StoreCore):
             (other_ext, other_name, other_meta) = conn.execute(
                 "SELECT external_id, display_name, metadata FROM persons WHERE id = %s", (other_id,)
             ).fetchone()
+            record_merge(conn, keep_id, other_id, actor=actor)
             moved = conn.execute("UPDATE faces SET person_id = %s WHERE person_id = %s", (keep_id, other_id)).rowcount
             conn.execute("UPDATE person_aliases SET person_id = %s WHERE person_id = %s", (keep_id, other_id))
             conn.execute("DELETE FROM persons WHERE id = %s", (other_id,))
@@ -204,4 +242,4 @@ class PersonsMixin(StoreCore):
                 "display_name = coalesce(display_name, %s) WHERE id = %s",
                 (json.dumps(other_meta or {}), other_name, keep_id),
             )
-            return MergeResult(_get(conn, keep_id), other_ext, moved)
+            return MergeResult(_get(conn, keep_id), other_ext, moved, other_id)

@@ -6,6 +6,9 @@
     persons.py   persons and their aliases
     faces.py     images, faces, models, and the embeddings read back
     changes.py   the change log the search index follows
+    corrections.py  moving, assigning, removing faces; splits; undoing merges; history
+    audit.py     the person audit log every person operation appends to
+    chips.py     face chips
 
 `Store.open(settings)` reaches the database, checks or applies migrations and opens the
 pool; `Store(url)` alone only remembers where the database is.
@@ -17,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from identity.store.changes import ChangesMixin
+from identity.store.chips import ChipsMixin
+from identity.store.corrections import CorrectionsMixin
 from identity.store.faces import FacesMixin
 from identity.store.persons import PersonsMixin
 from identity.store.types import ExportResult
 
 
-class Store(PersonsMixin, FacesMixin, ChangesMixin):
+class Store(PersonsMixin, FacesMixin, ChangesMixin, CorrectionsMixin, ChipsMixin):
     """A connection pool on the configured database, and the operations on it."""
 
     def counts(self) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class FacesToAdd:
     external_id: str | None = None
     display_name: str | None = None
     face_indexes: tuple[int, ...] | None = None
+    actor: str | None = None  # recorded in the audit log for a person this creates
 
     def selected(self) -> tuple[int, ...]:
         if self.face_indexes is None:
@@ -136,6 +137,7 @@ class MergeResult:
     person: Person  # the kept person, after the merge
     merged_external_id: str  # now an alias of `person`
     faces_moved: int
+    merged_person_id: int | None = None  # the id the merged-away person had
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,115 @@ class ExportResult:
     persons: int
     faces: int
     watermark: int
+
+
+# --- corrections and the audit log (identity/store/corrections.py, audit.py) ----------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One person operation: what (`action`, `details`), when, by whom (`actor`: `key:<id>
+    (<name>)` for an API key, `user:<name>` for the CLI or a library user), on whom
+    (`person_id`/`external_id`: the subject at the time; `persons`: everyone touched)."""
+
+    id: int
+    action: str
+    person_id: int | None
+    external_id: str | None
+    persons: tuple[int, ...]
+    actor: str
+    details: dict[str, Any]
+    undone_by: int | None
+    created_at: datetime
+
+    @property
+    def undoable(self) -> bool:
+        return self.action == "merge" and self.undone_by is None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    items: tuple[AuditEntry, ...]  # newest first
+    next_before: int | None  # pass as `before` for the next (older) page; None on the last
+
+
+@dataclass(frozen=True)
+class ChipInfo:
+    """Where a face's chip sits: its side in pixels, the 5 landmarks in chip pixels and the
+    chip's square in the original photo (x, y, side, upright full-resolution pixels)."""
+
+    size: int
+    landmarks: tuple[tuple[float, float], ...]
+    region: tuple[float, float, float]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    """A stored face with its owner and chip, without its embedding."""
+
+    id: int
+    person_id: int | None
+    external_id: str | None
+    image_id: int
+    image_sha256: str
+    source: str | None
+    face_index: int
+    box: tuple[float, ...]
+    landmarks: tuple[tuple[float, float], ...]
+    det_prob: float
+    quality: float
+    model: str
+    created_at: datetime
+    chip: ChipInfo | None = None
+
+
+@dataclass(frozen=True)
+class FacePage:
+    items: tuple[FaceInfo, ...]
+    next_after: int | None
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """Faces given to `person` (None: unassigned). `moved` lists the faces that changed
+    owner, `previous` who had each of them (None: nobody)."""
+
+    person: Person | None
+    moved: tuple[int, ...]
+    previous: dict[int, int | None]
+    audit_id: int | None  # None when nothing changed
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    face_ids: tuple[int, ...]
+    persons: tuple[int, ...]  # who had them
+    images_deleted: int
+    audit_id: int
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    person: Person  # the person split, after
+    new_person: Person  # the chosen faces' new person
+    faces_moved: int
+    audit_id: int
+
+
+@dataclass(frozen=True)
+class UnmergeResult:
+    person: Person  # the merged-away person, restored (same id, external id, aliases)
+    survivor: Person  # the person it had been merged into, after
+    faces_moved: int
+    audit_id: int  # the 'unmerge' entry
+    kept_survivor_changes: bool  # the survivor's name or metadata changed since: left as is
+
+
+@dataclass(frozen=True)
+class Chip:
+    """A chip read back: the JPEG and where it sits (see ChipInfo)."""
+
+    face_id: int
+    jpeg: bytes
+    info: ChipInfo

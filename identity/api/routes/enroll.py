@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
-from pathlib import Path
 
 from fastapi import File, Form, Query, Request, UploadFile, status
+from fastapi.responses import JSONResponse
 
-from identity.api.deps import AdminKey, EnrollKey, ReadKey, ServiceDep, count_faces
+from identity import archives, names, spool
+from identity.api.deps import AdminKey, EnrollKey, PersonRef, ReadKey, ServiceDep, count_faces
 from identity.api.routes import versioned
 from identity.api.schemas import (
     ClusterJobIn,
@@ -17,7 +19,7 @@ from identity.api.schemas import (
     JobCreated,
     JobOut,
 )
-from identity.api.uploads import extract_archive, read_uploads, spool
+from identity.api.uploads import Upload, file_name, read_uploads, spool_uploads
 from identity.enroll import EnrollItem
 from identity.errors import NotFoundError
 from identity.service import Service
@@ -26,19 +28,27 @@ from identity.store import jobs as job_store
 router = versioned(tags=["enrollment"])
 
 
-def _external_id(service: Service, person: str) -> str:
-    """An existing person's external id (ref by id, external id or alias); else `person`
-    itself, created by the enrollment."""
+def _target(service: Service, person: str) -> tuple[int | None, str]:
+    """(id, external id) of the person an upload enrolls to, by the reference rule of
+    identity/names.py: digits name an existing person by id (404 if there is none, never a
+    new person called "2"); anything else an existing external id or alias, or else the
+    external id of a new person the enrollment creates."""
     try:
-        return service.person(person).external_id
+        found = service.person(person)
+        return found.id, found.external_id
     except NotFoundError:
-        return person
+        if isinstance(names.person_ref(person), int):
+            raise
+        return None, names.external_id(person)
 
 
-@router.post("/persons/{person}/faces", response_model=EnrollOut)
+@router.post("/persons/{person}/faces", response_model=EnrollOut, responses={
+    202: {"model": JobCreated, "description": "With Celery workers: none finished within "
+          "`enroll_wait_seconds`; the photos are enrolled by the job named here (follow it at "
+          "/v1/jobs/{job_id}, or cancel it)."}})
 def enroll_images(
     request: Request,
-    person: str,
+    person: PersonRef,
     service: ServiceDep,
     key: EnrollKey,
     images: list[UploadFile] = File(..., description="Photos of this person, one face each"),
@@ -48,14 +58,23 @@ def enroll_images(
     """Enroll now and answer with one outcome per photo (created on demand: `person` is
     the external id of a new person unless it names an existing one)."""
     uploads = read_uploads(images, service.settings.max_images_per_request)
-    external_id = _external_id(service, person)
-    paths = [spool(u.data, service.settings.data_dir, Path(u.name).suffix) for u in uploads]
-    items = [EnrollItem(str(p), external_id, display_name) for p in paths]
-    outcomes = service.enroll_now(items, largest_face=largest_face)
+    person_id, external_id = _target(service, person)
+    display_name = names.display_name(display_name)
+    # Spooled (a worker may be the one to read them) for this request only.
+    owner = spool.new_owner()
+    paths = spool_uploads(service.settings, owner, uploads)
+    try:
+        items = [EnrollItem(u.name, external_id, display_name, path=str(p)) for u, p in zip(uploads, paths)]
+        outcomes = service.enroll_now(items, largest_face=largest_face, key_id=key.key_id, job_id=owner)
+    finally:
+        service.release_spool(owner)
+    if isinstance(outcomes, job_store.Job):  # not done in time: the job (which holds the spool) goes on
+        return JSONResponse(_created(outcomes).model_dump(), status_code=status.HTTP_202_ACCEPTED)
     count_faces(request, sum(o.status == "enrolled" for o in outcomes))
-    return EnrollOut(person=external_id, outcomes=[
-        ItemOutcomeOut(**{**asdict(o), "source": u.name}) for o, u in zip(outcomes, uploads)
-    ])
+    if person_id is None and any(o.status in ("enrolled", "already_present") for o in outcomes):
+        person_id = service.person(external_id).id  # created by this enrollment
+    return EnrollOut(person=external_id, person_id=person_id,
+                     outcomes=[ItemOutcomeOut(**asdict(o)) for o in outcomes])
 
 
 def _created(job: job_store.Job) -> JobCreated:
@@ -76,10 +95,23 @@ def enroll_archive(
     archive: UploadFile = File(..., description="A zip of <person>/<image> entries"),
     largest_face: bool = Form(False),
 ) -> JobCreated:
-    entries = extract_archive(archive.file.read(), service.settings.data_dir, service.settings.max_archive_bytes)
-    items = [EnrollItem(str(path), person) for person, path, _ in entries]
-    job = service.start_enroll_job(items, largest_face=largest_face,
-                                   params={"archive": archive.filename or "archive"}, key_id=key.key_id)
+    """Entries are checked while the request is answered (a malformed archive is a 422
+    naming its entry) and read again, one by one, when their batch runs: the archive is
+    spooled whole for the job, never expanded to disk."""
+    settings = service.settings
+    data = archive.file.read()
+    entries = archives.scan(io.BytesIO(data), max_entries=settings.max_archive_entries,
+                            max_total=settings.max_archive_bytes, max_entry=settings.max_upload_bytes)
+    job_id = spool.new_owner()
+    path = spool_uploads(settings, job_id, [Upload("archive.zip", data)])[0] if entries else None
+    items = [EnrollItem(e.name, e.person, path=str(path), member=e.member) for e in entries]
+    try:
+        job = service.start_enroll_job(items, largest_face=largest_face,
+                                       params={"archive": file_name(archive, "archive")},
+                                       key_id=key.key_id, job_id=job_id)
+    except BaseException:
+        service.release_spool(job_id)
+        raise
     return _created(job)
 
 
@@ -99,9 +131,14 @@ def cluster_upload(
 ) -> JobCreated:
     """Cluster an uploaded collection (nothing is stored but the job's result)."""
     uploads = read_uploads(images, service.settings.max_images_per_request)
-    paths = [str(spool(u.data, service.settings.data_dir, Path(u.name).suffix)) for u in uploads]
+    job_id = spool.new_owner()  # the job's spool folder, released when the job ends
+    paths = [str(p) for p in spool_uploads(service.settings, job_id, uploads)]
     spec = {"paths": paths, "names": [u.name for u in uploads], "threshold": threshold}
-    return _created(service.start_cluster_job(spec, key_id=key.key_id))
+    try:
+        return _created(service.start_cluster_job(spec, key_id=key.key_id, job_id=job_id))
+    except BaseException:
+        service.release_spool(job_id)
+        raise
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

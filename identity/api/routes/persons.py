@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Query, status
 
-from identity.api.deps import AdminKey, EnrollKey, ReadKey, ServiceDep
+from identity.api.deps import AdminKey, EnrollKey, PersonRef, ReadKey, ServiceDep
 from identity.api.routes import versioned
 from identity.api.schemas import (
     DeleteOut,
@@ -37,12 +37,12 @@ def list_persons(
 
 
 @router.get("/{person}", response_model=PersonOut)
-def get_person(person: str, service: ServiceDep, _: ReadKey) -> PersonOut:
+def get_person(person: PersonRef, service: ServiceDep, _: ReadKey) -> PersonOut:
     return PersonOut.of(service.person(person))
 
 
 @router.patch("/{person}", response_model=PersonOut)
-def update_person(person: str, body: PersonUpdate, service: ServiceDep, _: EnrollKey) -> PersonOut:
+def update_person(person: PersonRef, body: PersonUpdate, service: ServiceDep, _: EnrollKey) -> PersonOut:
     return PersonOut.of(service.update_person(
         person, external_id=body.external_id, display_name=body.display_name,
         rename="display_name" in body.model_fields_set, metadata=body.metadata,
@@ -50,13 +50,13 @@ def update_person(person: str, body: PersonUpdate, service: ServiceDep, _: Enrol
 
 
 @router.delete("/{person}", response_model=DeleteOut)
-def delete_person(person: str, service: ServiceDep, _: AdminKey) -> DeleteOut:
+def delete_person(person: PersonRef, service: ServiceDep, _: AdminKey) -> DeleteOut:
     return DeleteOut.model_validate(service.delete_person(person), from_attributes=True)
 
 
 @router.post("/{person}/merge", response_model=MergeOut)
-def merge_person(person: str, body: MergeIn, service: ServiceDep, _: AdminKey) -> MergeOut:
+def merge_person(person: PersonRef, body: MergeIn, service: ServiceDep, _: AdminKey) -> MergeOut:
     """Move every face of `other` to this person; `other`'s external id becomes an alias."""
     result = service.merge_persons(person, body.other)
-    return MergeOut(person=PersonOut.of(result.person), merged_external_id=result.merged_external_id,
-                    faces_moved=result.faces_moved)
+    return MergeOut(person=PersonOut.of(result.person), merged_person_id=result.merged_person_id,
+                    merged_external_id=result.merged_external_id, faces_moved=result.faces_moved)

@@ -15,6 +15,7 @@ from identity.api.schemas import (
     FaceOut,
     FaceSearchOut,
     Level,
+    PersonRefOut,
     SearchOut,
     VerifyOut,
 )
@@ -54,7 +55,8 @@ def verify(
     service: ServiceDep,
     a: UploadFile = File(..., description="First photo (its largest face is compared)"),
     b: UploadFile | None = File(None, description="Second photo; or give `person` instead"),
-    person: str | None = Form(None, max_length=256, description="Id or external id of an enrolled person"),
+    person: str | None = Form(None, max_length=256, description="An enrolled person: digits only are "
+                              "the person's id, anything else an external id or alias"),
     level: Level | None = Form(None),
 ) -> VerifyOut:
     if (b is None) == (person is None):
@@ -71,6 +73,8 @@ def verify(
         threshold=result.threshold, level=result.level, same=result.same,
         face_a=FaceOut.of(result.face_a), face_b=FaceOut.of(result.face_b) if result.face_b else None,
         faces_in_a=result.faces_in_a, faces_in_b=result.faces_in_b,
+        person=None if result.person_id is None else PersonRefOut(id=result.person_id,
+                                                                  external_id=result.person_external_id),
     )
 
 
