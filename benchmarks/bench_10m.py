@@ -148,7 +148,7 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
             if nprobe > nlist:
                 continue
             reranked = RerankedIndex(index, view, rerank=args.rerank, params=faiss.SearchParametersIVF(nprobe=nprobe))
-            p50, p99, found = timed_queries(lambda q: reranked.search(q, K)[1], queries)
+            p50, p99, found = timed_queries(lambda q, r=reranked: r.search(q, K)[1], queries)
             report("ivfpq + exact re-rank from file", f"nlist={nlist}, m={m}, nprobe={nprobe}, k'={args.rerank}",
                    build, mem, p50, p99, found)
         del index
@@ -163,7 +163,7 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
         mem = memory() | {"anon_before_mb": base}
         for ef in args.ef:
             params = faiss.SearchParametersHNSW(efSearch=ef)
-            p50, p99, found = timed_queries(lambda q: index.search(q, K, params=params)[1], queries)
+            p50, p99, found = timed_queries(lambda q, p=params: index.search(q, K, params=p)[1], queries)
             report("hnsw (float32 in RAM)", f"M=32, efConstruction=64, efSearch={ef}", build, mem, p50, p99, found)
         del index
 

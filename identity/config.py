@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from identity.vocabulary import FaceDetector
+
 
 def _config_file() -> Path | None:
     named = os.environ.get("IDENTITY_CONFIG")
@@ -49,6 +51,15 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
 
     # --- pipeline ---------------------------------------------------------------
+    detector: FaceDetector = Field(
+        FaceDetector.mtcnn, description="'mtcnn' (facenet-pytorch's, the default) or 'scrfd' "
+        "(InsightFace's SCRFD-500M, faster on CPU; weights: scrfd_500m_bnkps.onnx in models_dir, "
+        "non-commercial licence). BENCHMARKS.md, 'Face pipeline throughput', compares them.")
+    scrfd_max_side: int = Field(
+        640, ge=64, description="SCRFD sees the working image downscaled to at most this side "
+        "(never upscaled).")
+    scrfd_min_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="Faces SCRFD scores below this are dropped (InsightFace's default).")
     min_face_size: int = Field(20, ge=8, description="Smallest face MTCNN looks for, in working-image pixels.")
     detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     scale_factor: float = Field(0.709, gt=0.1, lt=1.0)
@@ -101,11 +112,18 @@ class Settings(BaseSettings):
     index_exact_max: int = Field(
         2_000_000, description="With index_type=auto, exact search up to this many faces."
     )
+    index_memory_budget_mb: int | None = Field(
+        None, ge=1, description="Memory the search index may use, in MiB; unset: half the machine's RAM. "
+        "With index_type=auto it decides exact / HNSW / IVF-Flat / IVF-PQ and the PQ code size."
+    )
     index_nlist: int | None = None
     index_nprobe: int | None = None
     index_pq_m: int | None = None
     index_hnsw_m: int = 32
-    index_ef_search: int | None = None
+    index_ef_search: int | None = Field(
+        None, ge=1, description="HNSW search breadth; unset: grows with the square root of the size "
+        "(32 at 100k faces, about 100 at 1M)."
+    )
     index_use_gpu: bool = True
     search_k: int = Field(5, ge=1, le=1000)
     index_poll_seconds: float = Field(

@@ -64,6 +64,7 @@ class ItemOutcome:
     status: Status
     reason: str | None = None
     face_id: int | None = None
+    person_id: int | None = None  # the person enrolled to, beside its external id `person`
 
 
 @dataclass
@@ -248,7 +249,7 @@ def _plan(items: list[EnrollItem], store: Store, model: str, *, max_bytes: int) 
         image = known.get(sha)
         if image and image.faces and all(f.person_external_id == items[i].person for f in image.faces):
             outcomes[i] = ItemOutcome(items[i].source, items[i].person, "already_present",
-                                      face_id=image.faces[0].face_id)
+                                      face_id=image.faces[0].face_id, person_id=image.faces[0].person_id)
         else:
             todo.append(i)
     refs = [ImageRef(source=items[i].source, data=loaded[i][0]) for i in todo]
@@ -278,7 +279,8 @@ def _store(plan: _Planned, store: Store, model: ModelInfo, largest_face: bool,
         for (i, _), result in zip(to_add, stored):
             status: Status = "enrolled" if result.status == "added" else result.status  # type: ignore[assignment]
             face_id = result.face_ids[0] if result.face_ids else None
-            outcomes[i] = ItemOutcome(plan.items[i].source, plan.items[i].person, status, result.detail, face_id)
+            outcomes[i] = ItemOutcome(plan.items[i].source, plan.items[i].person, status, result.detail, face_id,
+                                      result.person_id)
     return [outcomes[i] for i in range(len(plan.items))]
 
 

@@ -28,7 +28,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +200,8 @@ def start_enroll_job(service: Service, items: list[EnrollItem], *, planned: list
                      largest_face: bool = False, params: dict[str, Any] | None = None,
                      key_id: str | None = None, job_id: str | None = None) -> job_store.Job:
     """`job_id`: given when files were spooled for the job before it existed (identity/spool.py)."""
+    if key_id is not None:  # persons the job creates are recorded as the key's doing
+        items = [item if item.actor else replace(item, actor=f"key:{key_id}") for item in items]
     batches = list(batched(items, service.settings.job_batch_size))
     runner = service.runner
     # In-process work dies with this process: own it, and keep the plan to resume it from.
@@ -431,13 +433,17 @@ def cluster_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict[str
             raise JobEndedError(f"job {job_id} is {job_store.status_of(service.store, job_id)}; not run")
         if spec.get("paths"):
             with service.model_lock:
-                results = list(service.pipeline.process(spec["paths"]))
-            faces = FaceSet.from_results(results)
+                results = list(service.pipeline.process(spec["paths"], keep_chips=bool(spec.get("keep"))))
             names = dict(zip(spec["paths"], spec.get("names", spec["paths"])))
+            done = len(results)
+            if spec.get("keep"):
+                results, ids = keep_unassigned(service, results, names)
+            faces = FaceSet.from_results(results)
             refs = [{"source": names.get(faces.source_of(i), faces.source_of(i)),
                      "box": [round(float(v), 1) for v in faces.boxes[i]] if faces.boxes is not None else None}
                     for i in range(len(faces))]
-            done = len(results)
+            if spec.get("keep"):
+                refs = [{**ref, "face_id": face_id} for ref, face_id in zip(refs, ids)]
         else:
             ids, vectors = unassigned_faces(service)
             faces = FaceSet.from_embeddings(vectors)
@@ -464,6 +470,25 @@ def cluster_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict[str
     except Exception as exc:
         fail_job(service, job_id, exc)
         raise
+
+
+def keep_unassigned(service: Service, results: list, names: dict[str, str]) -> tuple[list, list[int]]:
+    """Store the photos' faces (with their chips) as nobody's, under the names they were
+    uploaded with: `keep` in a clustering spec, so the clusters can be reviewed as chips
+    and named like any unassigned faces (the web console does). Returns the results whose
+    faces are stored, and those faces' ids in the order `FaceSet.from_results` reads them.
+    A photo whose faces are enrolled to someone already is left out (a conflict)."""
+    from identity.store.types import FacesToAdd
+
+    items = [FacesToAdd(replace(r, source=names.get(r.source, r.source))) for r in results if r.ok and r.faces]
+    kept, ids = [], []
+    for start in range(0, len(items), 256):
+        batch = items[start:start + 256]
+        for item, outcome in zip(batch, service.store.add_faces(batch, model=service.model_info)):
+            if outcome.status in ("added", "already_present"):
+                kept.append(item.image)
+                ids.extend(outcome.face_ids)
+    return kept, ids
 
 
 def _no_quality():

@@ -20,7 +20,7 @@ import numpy as np
 from identity.config import Settings, get_settings
 from identity.errors import InputError, MultipleFacesError, NoFaceError
 from identity.faces import models as registry
-from identity.faces.detect import Detector, Selection
+from identity.faces.detect import Detector, ScrfdDetector, Selection, make_detector
 from identity.faces.embed import resolve_device
 from identity.faces.pipeline import FacePipeline, as_ref, decode_or_error, to_full_resolution
 from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
@@ -150,11 +150,11 @@ class Service:
         return self._open("pipeline", lambda: FacePipeline(self.settings))
 
     @property
-    def detector(self) -> Detector:
-        """MTCNN alone: the pipeline's when it is loaded, else one without the embedding network."""
+    def detector(self) -> Detector | ScrfdDetector:
+        """The detector alone: the pipeline's when it is loaded, else one without the embedding network."""
         if self._pipeline is not None:
             return self._pipeline.detector
-        return self._open("detector", lambda: Detector(self.settings, resolve_device(self.settings.device)))
+        return self._open("detector", lambda: make_detector(self.settings, resolve_device(self.settings.device)))
 
     @property
     def store(self) -> Store:
@@ -501,8 +501,10 @@ class Service:
     # --- clustering -------------------------------------------------------------------------
 
     def cluster_images(self, refs: Iterable[ImageRef | str | Path], *, params=None,
-                       keep_crops: bool = False, on_image=None) -> Clustering:
-        """Detect and embed every face of every photo, then group the faces into people."""
+                       keep_crops: bool = False, keep_chips: bool = False, on_image=None) -> Clustering:
+        """Detect and embed every face of every photo, then group the faces into people.
+        `keep_chips` (when the clustering will be saved, and settings.chips): the images
+        kept for saving carry each face's chip (~9 kB), so saved faces get theirs."""
         from dataclasses import replace
 
         from identity.cluster import ClusterParams, FaceSet, cluster_faces
@@ -513,7 +515,8 @@ class Service:
         def results():
             # Crops go through the pipeline so the quality filter can measure blur; the
             # images kept for saving drop them (a crop costs ~77 kB).
-            for result in self.pipeline.process(refs, keep_crops=True):
+            for result in self.pipeline.process(refs, keep_crops=True,
+                                                keep_chips=keep_chips and self.settings.chips):
                 if on_image is not None:
                     on_image(result)
                 if result.ok and result.faces:
@@ -578,7 +581,12 @@ class Service:
         for start in range(0, len(items), 256):
             outcomes += self.store.add_faces(items[start : start + 256], model=self.model_info)
         counts = Counter(o.status for o in outcomes)
-        return {"persons": sorted(set(owners.values())), "images": dict(counts)}
+        ids = {item.external_id: o.person_id for item, o in zip(items, outcomes) if o.person_id is not None}
+        return {"persons": sorted(set(owners.values())), "images": dict(counts),
+                # which person each cluster was saved as (person_id None: none of its faces
+                # could be stored, e.g. all were enrolled to someone else already)
+                "clusters": {cluster: {"external_id": owner, "person_id": ids.get(owner)}
+                             for cluster, owner in sorted(owners.items())}}
 
     # --- persons ----------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-__all__ = ["DeleteOut", "MergeOut", "PersonOut", "PersonPageOut", "PersonRefOut"]
+__all__ = ["AuditEntryOut", "AuditPageOut", "ChipOut", "DeleteOut", "FacePageOut", "MergeOut", "MoveOut",
+           "PersonOut", "PersonPageOut", "PersonRefOut", "RemoveOut", "SplitOut", "StoredFaceOut", "UnmergeOut"]
 
 
 class PersonRefOut(BaseModel):
@@ -44,6 +45,7 @@ class MergeOut(BaseModel):
     merged_person_id: int | None = None
     merged_external_id: str
     faces_moved: int
+    audit_id: int | None = Field(None, description="The merge's audit entry: `POST /v1/audit/{id}/undo` undoes it.")
 
 
 class DeleteOut(BaseModel):
@@ -51,3 +53,142 @@ class DeleteOut(BaseModel):
     external_id: str
     faces_deleted: int
     images_deleted: int
+
+
+# --- faces, corrections and the audit log ----------------------------------------------------
+
+
+class ChipOut(BaseModel):
+    """Where a face's chip (`GET /v1/faces/{id}/chip`, a square JPEG) sits."""
+
+    size: int = Field(description="Side of the square chip in pixels.")
+    landmarks: list[list[float]] = Field(
+        description="The 5 landmarks (eyes, nose, mouth corners) as [x, y] in chip pixels: "
+        "enough to re-align the face for any model.")
+    region: list[float] = Field(
+        description="x, y, side of the chip's square in the original photo's upright, "
+        "full-resolution pixels (it may extend past the photo; that part is black).")
+    bytes: int
+
+    @classmethod
+    def of(cls, info) -> ChipOut | None:
+        if info is None:
+            return None
+        return cls(size=info.size, landmarks=[list(p) for p in info.landmarks], region=list(info.region),
+                   bytes=info.bytes)
+
+
+class StoredFaceOut(BaseModel):
+    """A stored face: who it belongs to, where it is in its photo, its chip."""
+
+    id: int
+    person_id: int | None = Field(description="None: the face belongs to nobody (unassigned).")
+    external_id: str | None
+    image_id: int
+    image_sha256: str
+    source: str | None = Field(description="Where the photo was read from at enrollment.")
+    face_index: int
+    box: list[float] = Field(description="x1, y1, x2, y2 in the photo's full-resolution pixels.")
+    landmarks: list[list[float]]
+    det_prob: float
+    quality: float
+    model: str
+    created_at: datetime
+    chip: ChipOut | None = Field(description="None: no chip was kept for this face.")
+
+    @classmethod
+    def of(cls, face) -> StoredFaceOut:
+        return cls(id=face.id, person_id=face.person_id, external_id=face.external_id, image_id=face.image_id,
+                   image_sha256=face.image_sha256, source=face.source, face_index=face.face_index,
+                   box=list(face.box), landmarks=[list(p) for p in face.landmarks], det_prob=face.det_prob,
+                   quality=face.quality, model=face.model, created_at=face.created_at, chip=ChipOut.of(face.chip))
+
+
+class FacePageOut(BaseModel):
+    items: list[StoredFaceOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last.")
+
+
+class AuditEntryOut(BaseModel):
+    """One person operation from the audit log."""
+
+    id: int
+    action: str = Field(description="create, rename, update, merge, unmerge, split, move, assign, "
+                        "unassign, remove or delete.")
+    person_id: int | None = Field(description="The person acted on (for a merge: the survivor).")
+    external_id: str | None = Field(description="That person's external id at the time.")
+    persons: list[int] = Field(description="Every person the operation touched.")
+    actor: str = Field(description="`key:<key id> (<key name>)` for an API key, `user:<name>` for "
+                       "the CLI or a library user.")
+    details: dict[str, Any]
+    undone_by: int | None = Field(description="The entry that undid this one, if any.")
+    undoable: bool = Field(description="A merge not undone yet: `POST /v1/audit/{id}/undo` may undo it "
+                           "while its faces still exist.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, entry) -> AuditEntryOut:
+        return cls(id=entry.id, action=entry.action, person_id=entry.person_id, external_id=entry.external_id,
+                   persons=list(entry.persons), actor=entry.actor, details=entry.details,
+                   undone_by=entry.undone_by, undoable=entry.undoable, created_at=entry.created_at)
+
+
+class AuditPageOut(BaseModel):
+    items: list[AuditEntryOut] = Field(description="Newest first.")
+    next_before: int | None = Field(description="Pass as `before` for the next (older) page; null on the last.")
+
+    @classmethod
+    def of(cls, page) -> AuditPageOut:
+        return cls(items=[AuditEntryOut.of(e) for e in page.items], next_before=page.next_before)
+
+
+class MoveOut(BaseModel):
+    person: PersonOut | None = Field(description="Who has the faces now (null: nobody, after unassign).")
+    moved: list[int] = Field(description="The faces that changed person (faces already there are left out).")
+    previous: dict[str, int | None] = Field(description="Face id → the person it had (null: nobody).")
+    audit_id: int | None = Field(description="The audit entry; null when nothing changed.")
+
+    @classmethod
+    def of(cls, result) -> MoveOut:
+        return cls(person=None if result.person is None else PersonOut.of(result.person), moved=list(result.moved),
+                   previous={str(k): v for k, v in result.previous.items()}, audit_id=result.audit_id)
+
+
+class RemoveOut(BaseModel):
+    face_ids: list[int]
+    persons: list[int] = Field(description="The persons the faces belonged to (they stay, maybe faceless).")
+    images_deleted: int = Field(description="Photos no other face used any more.")
+    audit_id: int
+
+    @classmethod
+    def of(cls, result) -> RemoveOut:
+        return cls(face_ids=list(result.face_ids), persons=list(result.persons),
+                   images_deleted=result.images_deleted, audit_id=result.audit_id)
+
+
+class SplitOut(BaseModel):
+    person: PersonOut = Field(description="The person split, after.")
+    new_person: PersonOut
+    faces_moved: int
+    audit_id: int
+
+    @classmethod
+    def of(cls, result) -> SplitOut:
+        return cls(person=PersonOut.of(result.person), new_person=PersonOut.of(result.new_person),
+                   faces_moved=result.faces_moved, audit_id=result.audit_id)
+
+
+class UnmergeOut(BaseModel):
+    person: PersonOut = Field(description="The merged-away person, back with its id, external id, "
+                              "aliases, name, metadata and faces.")
+    survivor: PersonOut
+    faces_moved: int
+    audit_id: int = Field(description="The 'unmerge' entry.")
+    kept_survivor_changes: bool = Field(
+        description="The survivor's name or metadata changed after the merge, so they were left as they are.")
+
+    @classmethod
+    def of(cls, result) -> UnmergeOut:
+        return cls(person=PersonOut.of(result.person), survivor=PersonOut.of(result.survivor),
+                   faces_moved=result.faces_moved, audit_id=result.audit_id,
+                   kept_survivor_changes=result.kept_survivor_changes)

@@ -36,6 +36,13 @@ class Selection(Choice):
     central = "central"  # facenet's LFW rule: the face nearest the image centre
 
 
+class FaceDetector(Choice):
+    """The face detector of the pipeline."""
+
+    mtcnn = "mtcnn"  # facenet-pytorch's MTCNN (weights in its wheel): the default
+    scrfd = "scrfd"  # InsightFace's SCRFD-500M (scrfd_500m_bnkps.onnx in models_dir)
+
+
 class FolderMode(Choice):
     """What `identity cluster --out` puts in each cluster's folder."""
 

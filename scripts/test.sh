@@ -19,6 +19,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     ($SUDO service redis-server stop || true) >/dev/null 2>&1
 fi
 
+# The console's browser tests drive Debian's Chromium headless through Playwright
+# (`playwright install` downloads browsers from a CDN, which is not reachable here).
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ -z "${VIRTUAL_ENV:-}" ]; then
     [ -x .venv/bin/python ] || python3 -m venv .venv
     PY=.venv/bin/python

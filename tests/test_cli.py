@@ -130,7 +130,9 @@ def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_e
     assert json.loads(enrolled.stdout)["enrolled"] == 3
 
     assert identity("persons", "rename", "obama", "Barack Obama", env=env).returncode == 0
-    merged = identity("persons", "merge", "biden", "joe", env=env)
+    refused = identity("persons", "merge", "biden", "joe", env=env)  # asks first; no answer is no
+    assert refused.returncode == 130 and "merge joe" in refused.stdout
+    merged = identity("persons", "merge", "biden", "joe", "--yes", env=env)
     assert merged.returncode == 0 and "1 face(s) moved" in merged.stdout
     shown = json.loads(identity("persons", "show", "joe", "--json", env=env).stdout)
     assert shown["external_id"] == "biden" and shown["aliases"] == ["joe"] and shown["face_count"] == 2
@@ -221,7 +223,8 @@ def test_cluster_writes_json_folders_and_sheets_and_keeps_photo_mates_apart(env,
     obama = [c for c in report["clusters"]
              if any("/obama/" in face["image"] for face in c["faces"])]
     assert obama and all("/biden/" not in face["image"] for c in obama for face in c["faces"])
-    assert len(list((out_dir / "sheets").glob("*.png"))) == summary["clusters"]
+    assert len(list((out_dir / "sheets").glob("cluster_*.png"))) == summary["clusters"]
+    assert (out_dir / "sheets" / "unclustered.png").exists() == (summary["unclustered"] > 0)
     assert len([p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("cluster_")]) == summary["clusters"]
 
 
@@ -257,5 +260,12 @@ def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, sto
                json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]}
     assert persons["obama"] == 5 and persons[unnamed[0]] == 2  # obama2 was enrolled already
 
-    again = json.loads(identity(*args, env=env).stdout)  # saving the same clustering adds nothing
+    report = json.loads((tmp_path / "c" / "clusters.json").read_text())
+    saved_as = {c["saved_as"]["external_id"] for c in report["clusters"]}
+    assert saved_as == set(summary["saved"]["persons"])  # which person each cluster became
+    assert all(c["saved_as"]["person_id"] for c in report["clusters"])
+
+    mixed = identity(*args, env=env)  # the same --out again: refused, two runs never mix
+    assert mixed.returncode == 5 and "--force" in mixed.stderr
+    again = json.loads(identity(*args, "--force", env=env).stdout)  # saving the same clustering adds nothing
     assert set(again["saved"]["images"]) == {"already_present"}

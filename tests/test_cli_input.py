@@ -74,10 +74,11 @@ def test_index_status_reads_as_dates_and_ages():
     import time
 
     shown = readable_status({"count": 3, "last_sync_at": time.time() - 7200, "snapshot_age_s": None,
-                             "db_watermark": None})
+                             "db_watermark": None, "memory_estimate_mb": 612.4, "memory_budget_mb": 12052})
     assert shown["count"] == "3" and shown["snapshot written"] == "never"
     assert shown["last sync"].endswith("(2.0 h ago)") and shown["last sync"][:2] == "20"
     assert shown["db watermark"] == "unknown"
+    assert shown["memory"] == "about 612 MiB of a 12,052 MiB budget"
     assert [human_age(s) for s in (5, 600, 7200, 3 * 86400)] == ["5 s", "10 min", "2.0 h", "3.0 days"]
 
 

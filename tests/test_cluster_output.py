@@ -101,14 +101,38 @@ def test_cluster_folders_hold_face_crops_or_links_to_the_photos(two_clusters, tm
     assert {p.resolve() for p in links} == {PHOTOS[0].resolve(), PHOTOS[1].resolve()}
 
 
-def test_contact_sheet_is_one_png_per_cluster_with_a_tile_per_face(two_clusters, tmp_path):
+def test_contact_sheets_are_one_titled_png_per_cluster_and_one_of_the_unclustered(two_clusters, tmp_path):
+    from identity.cluster.output import TITLE_PX
+
     result, faces = two_clusters
-    (sheet,) = write_contact_sheets(result, faces, tmp_path, thumb=64, columns=10)
-    image = Image.open(sheet)
-    assert image.format == "PNG"
-    assert image.size == (2 * (64 + 4) + 4, 64 + 8)
+    sheet, unclustered = write_contact_sheets(result, faces, tmp_path, thumb=64, columns=10,
+                                              titles={0: "aaron (Aaron Peirsol)"})
+    assert (sheet.name, unclustered.name) == ("cluster_0000.png", "unclustered.png")
+    band = TITLE_PX + 8
+    for path in (sheet, unclustered):  # two tiles each: the cluster's two faces, the two left out
+        image = Image.open(path)
+        assert image.format == "PNG"
+        assert image.size[0] >= 2 * (64 + 4) + 4 and image.size[1] == band + 64 + 8
+        pixels = np.asarray(image.convert("L"))
+        assert (pixels[:band] < 100).sum() > 50  # a title is written above the grid
     # The tiles are the photos' faces, not blank paper.
-    assert np.asarray(image)[10:60, 10:60].std() > 10
+    assert np.asarray(Image.open(sheet))[band + 10: band + 60, 10:60].std() > 10
+
+
+def test_an_earlier_result_is_found_and_cleared_without_touching_anything_else(two_clusters, tmp_path):
+    from identity.cluster.output import clear_previous, previous_result
+
+    result, faces = two_clusters
+    assert previous_result(tmp_path / "nowhere") == []
+    write_json(result, faces, tmp_path / "clusters.json")
+    write_cluster_folders(result, faces, tmp_path, include_unclustered=True)
+    write_contact_sheets(result, faces, tmp_path / "sheets")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "cluster_notes").mkdir()
+    found = {p.name for p in previous_result(tmp_path)}
+    assert found == {"clusters.json", "cluster_0000", "unclustered", "sheets"}
+    assert {p.name for p in clear_previous(tmp_path)} == found
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster_notes", "notes.txt"]
 
 
 def _face(embedding: np.ndarray, crop: np.ndarray | None = None):

@@ -5,6 +5,7 @@ tests/test_store.py. The API and CLI faces of these operations are tested at the
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from test_store import MODEL, count, enroll, image
 
 from identity.errors import ConflictError, InputError, NotFoundError
@@ -205,3 +206,149 @@ def test_every_person_operation_is_recorded_with_its_actor(store):
     assert [e.action for e in store.audit_log(action="delete").items] == ["delete"]
     with pytest.raises(NotFoundError):
         store.person_history("never-existed")
+
+
+# --- through the API ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(pg_server, model_settings, tmp_path_factory):
+    from conftest import ready_api_client
+
+    from identity.store.keys import create_key
+
+    url = pg_server.new_database("corrections")
+    settings = model_settings.model_copy(update={"database_url": url, "data_dir": tmp_path_factory.mktemp("c-data")})
+    with ready_api_client(settings) as client:
+        store = client.app.state.service.store
+        keys = {scope: create_key(store, f"c-{scope}", [scope]) for scope in ("read", "enroll", "admin")}
+        yield client, {scope: {"Authorization": f"Bearer {secret}"} for scope, (_, secret) in keys.items()}, \
+            {scope: key_id for scope, (key_id, _) in keys.items()}
+    pg_server.drop_database(url)
+
+
+def test_corrections_through_the_api_are_recorded_under_the_calling_key(api):
+    from conftest import LFW_DIR
+
+    client, h, key_ids = api
+    photos = sorted((LFW_DIR / "Andy_Roddick").glob("*.jpg"))[:3]
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    enrolled = client.post("/v1/persons/andy/faces", files=files, headers=h["enroll"])
+    assert enrolled.status_code == 200, enrolled.text
+    faces = client.get("/v1/persons/andy/faces", headers=h["read"]).json()["items"]
+    assert len(faces) == 3 and all(f["chip"]["size"] == 224 for f in faces)
+    first = faces[0]["id"]
+    assert client.get(f"/v1/faces/{first}", headers=h["read"]).json()["external_id"] == "andy"
+
+    chip = client.get(f"/v1/faces/{first}/chip", headers=h["read"])
+    assert chip.status_code == 200 and chip.headers["content-type"] == "image/jpeg"
+    assert chip.content[:2] == b"\xff\xd8" and len(chip.content) == faces[0]["chip"]["bytes"]
+    cached = client.get(f"/v1/faces/{first}/chip", headers={**h["read"], "If-None-Match": chip.headers["etag"]})
+    assert cached.status_code == 304
+    assert client.get("/v1/faces/999999/chip", headers=h["read"]).status_code == 404
+    assert client.get(f"/v1/faces/{first}/chip").status_code == 401
+
+    # split off one face, move it back, unassign it, assign it again
+    assert client.post("/v1/faces/move", json={"face_ids": [first], "person": "andy"},
+                       headers=h["read"]).status_code == 403
+    split = client.post("/v1/persons/andy/split", json={"face_ids": [first], "external_id": "andy-2"},
+                        headers=h["enroll"])
+    assert split.status_code == 201, split.text
+    assert split.json()["new_person"]["face_count"] == 1 and split.json()["person"]["face_count"] == 2
+    moved = client.post("/v1/faces/move", json={"face_ids": [first], "person": "andy"}, headers=h["enroll"]).json()
+    assert moved["moved"] == [first] and moved["person"]["face_count"] == 3
+    assert client.post("/v1/faces/unassign", json={"face_ids": [first]}, headers=h["enroll"]).json()["moved"] == [first]
+    assert [f["id"] for f in client.get("/v1/faces", params={"unassigned": True}, headers=h["read"]).json()["items"]] == [first]
+    assigned = client.post("/v1/faces/assign", json={"face_ids": [first], "person": "andy-2"}, headers=h["enroll"])
+    assert assigned.json()["person"]["external_id"] == "andy-2"
+    refused = client.post("/v1/faces/assign", json={"face_ids": [first], "person": "andy"}, headers=h["enroll"])
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+    service = client.app.state.service  # the search index follows: the face is andy-2's there too
+    _, _, vector = service.store.fetch_embeddings([first], service.model_info.name)
+
+    def nearest():
+        service.index.wait_for(service.store.watermark(), timeout=10)
+        return service.index.search(vector, 1, -1.0)[0].nearest
+
+    assert (nearest().face_id, nearest().person_id) == (first, assigned.json()["person"]["id"])
+
+    # merge, which an undo reverses; the merged-away id resolves to the survivor meanwhile
+    merged = client.post("/v1/persons/andy/merge", json={"other": "andy-2"}, headers=h["admin"]).json()
+    assert client.get("/v1/persons/andy-2", headers=h["read"]).json()["external_id"] == "andy"
+    taken = client.post("/v1/persons", json={"external_id": "andy-2"}, headers=h["enroll"])
+    assert taken.status_code == 409 and "merged into person 'andy'" in taken.json()["error"]["message"]
+    assert client.post(f"/v1/audit/{merged['audit_id']}/undo", headers=h["enroll"]).status_code == 403
+    undone = client.post(f"/v1/audit/{merged['audit_id']}/undo", headers=h["admin"]).json()
+    assert undone["person"]["external_id"] == "andy-2" and undone["person"]["id"] == merged["merged_person_id"]
+    assert undone["faces_moved"] == 1 and undone["survivor"]["face_count"] == 2
+
+    removed = client.delete(f"/v1/faces/{first}", headers=h["admin"]).json()
+    assert removed["face_ids"] == [first]
+    assert client.get(f"/v1/faces/{first}", headers=h["read"]).status_code == 404
+    assert nearest().face_id != first
+
+    history = client.get("/v1/persons/andy/history", headers=h["read"]).json()["items"]
+    actions = [e["action"] for e in history]
+    # andy-2's own entries (its assign, the removal) left andy's history with the undo
+    assert actions == ["unmerge", "merge", "unassign", "move", "split", "create"], actions
+    assert [e["action"] for e in client.get("/v1/persons/andy-2/history", headers=h["read"]).json()["items"]] == [
+        "remove", "unmerge", "merge", "assign", "move", "split"]
+    assert history[1]["undone_by"] == history[0]["id"] and not history[1]["undoable"]
+    assert history[0]["actor"] == f"key:{key_ids['admin']} (c-admin)"
+    assert history[-1]["actor"] == f"key:{key_ids['enroll']} (c-enroll)"  # created by its enrollment
+    removals = client.get("/v1/audit", params={"action": "remove"}, headers=h["read"]).json()["items"]
+    assert [e["details"]["face_ids"] for e in removals] == [[first]]
+
+
+# --- through the CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_corrections_history_undo_and_chips(model_settings, store_env, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import MISC_DIR, MODELS_DIR
+
+    labeled = MISC_DIR / "small_labeled"
+    env = {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.cache_dir),
+           "IDENTITY_DEVICE": "cpu", "IDENTITY_DATA_DIR": store_env["IDENTITY_DATA_DIR"],
+           "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"], "IDENTITY_CHIPS": "false"}
+
+    def identity(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,person\n"
+                        f"{labeled / 'biden' / 'biden.jpg'},biden\n{labeled / 'biden' / 'biden2.jpg'},biden\n"
+                        f"{labeled / 'obama' / 'obama2.jpg'},obama\n")
+    assert identity("enroll", str(manifest)).returncode == 0
+    faces = json.loads(identity("faces", "list", "--person", "biden", "--json").stdout)["items"]
+    assert len(faces) == 2 and all(f["chip"] is None for f in faces)  # enrolled with IDENTITY_CHIPS=false
+
+    backfilled = json.loads(identity("faces", "backfill-chips", "--json").stdout)
+    assert backfilled["chips"] == 3 and backfilled["unreadable"] == backfilled["changed"] == 0
+    written = identity("faces", "chip", str(faces[0]["id"]), "--out", str(tmp_path / "chip.jpg"))
+    assert written.returncode == 0 and Image.open(tmp_path / "chip.jpg").size == (224, 224)
+
+    split = json.loads(identity("persons", "split", "biden", str(faces[1]["id"]), "--into", "joe", "--json").stdout)
+    assert split["new_person"]["external_id"] == "joe"
+    merged = identity("persons", "merge", "biden", "joe", "--yes")
+    assert merged.returncode == 0 and "identity persons undo" in merged.stdout
+    history = json.loads(identity("persons", "history", "biden", "--json").stdout)["items"]
+    assert [e["action"] for e in history] == ["merge", "split", "create"]
+    assert all(e["actor"].startswith("user:") for e in history)
+    table = identity("persons", "history", "biden").stdout
+    assert f"identity persons undo {history[0]['id']}" in table
+
+    undone = identity("persons", "undo", str(history[0]["id"]))
+    assert undone.returncode == 0 and "restored joe" in undone.stdout
+    again = identity("persons", "undo", str(history[0]["id"]))
+    assert again.returncode == 5 and "already undone" in again.stderr
+
+    moved = identity("faces", "move", str(faces[0]["id"]), "--to", "obama")
+    assert moved.returncode == 0 and "moved 1 face(s) to obama" in moved.stdout
+    removed = identity("faces", "remove", str(faces[0]["id"]), "--yes", "--json")
+    assert json.loads(removed.stdout)["face_ids"] == [faces[0]["id"]]

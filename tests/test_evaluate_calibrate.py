@@ -130,16 +130,36 @@ def test_clustering_calibration_picks_the_best_floor_of_the_grid() -> None:
 
     x, labels = _people(300, spread=0.5)
     fit = calibrate_clustering(x, labels.astype(str), ClusterParams(), floors=(0.2, 0.5, 0.8, 0.95),
-                               merges=(0.9, 1.01))
+                               merges=(0.9, 1.01), min_precision=0.0)
     assert len(fit.grid) == 8 and fit.n_faces == len(x) and fit.n_identities == 300
     best = max(fit.grid, key=lambda row: (row["bcubed_f1"], row["bcubed_precision"]))
     assert (fit.floor, fit.merge_similarity, fit.bcubed_f1) == (
         best["floor"], best["merge_similarity"], best["bcubed_f1"]
     )
-    assert fit.bcubed_f1 > 0.95
+    assert fit.bcubed_f1 > 0.95 and fit.precision_met
     # a floor far above the same-person similarities leaves everyone alone: worse F1
     assert min(r["bcubed_f1"] for r in fit.grid if r["floor"] == 0.95) < fit.bcubed_f1
     assert "grid" not in fit.entry() and fit.entry()["floor"] == fit.floor
+
+
+def test_clustering_calibration_prefers_precise_settings() -> None:
+    from identity.cluster import ClusterParams
+
+    # Noisy people: the loosest floor has the best F1 but merges people; the precision
+    # rule passes it over for the best F1 among the precise settings.
+    x, labels = _people(300, spread=0.9, seed=3)
+    floors = tuple(round(0.1 + 0.05 * i, 2) for i in range(15))
+    free = calibrate_clustering(x, labels, ClusterParams(), floors=floors, merges=(1.01,),
+                                min_precision=0.0)
+    strict = calibrate_clustering(x, labels, ClusterParams(), floors=floors, merges=(1.01,),
+                                  min_precision=0.999)
+    assert strict.precision_met and strict.bcubed_precision >= 0.999
+    assert strict.bcubed_f1 <= free.bcubed_f1
+    precise = [r for r in strict.grid if r["bcubed_precision"] >= 0.999]
+    assert strict.bcubed_f1 == max(r["bcubed_f1"] for r in precise)
+    impossible = calibrate_clustering(x, labels, ClusterParams(), floors=(0.1,), merges=(1.01,),
+                                      min_precision=1.01)
+    assert not impossible.precision_met and impossible.floor == 0.1
 
 
 def test_the_default_grid_spans_both_embedding_spaces() -> None:

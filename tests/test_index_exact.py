@@ -6,7 +6,9 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from identity.index.exact import ExactScan, check_integer_scan, exact_scores
 from identity.index.face_index import FaceIndex

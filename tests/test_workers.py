@@ -37,6 +37,7 @@ def settings(pg_server, model_settings, redis_url, tmp_path_factory):
         "allowed_roots": [LFW_DIR, tmp_path_factory.mktemp("views")],
         "job_batch_size": 2,
         "task_visibility_timeout": 8,  # a dead worker's task is handed on after 8 s
+        "enroll_wait_seconds": 2,  # a synchronous upload answers 202 after 2 s without a worker
     })
     pg_server.drop_database(url)
 
@@ -205,3 +206,76 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_without_dupli
     rows = [r for r in face_rows(client.app.state.service) if r[2] in names]
     assert len(rows) == 8  # one face per photo: the redelivered batch added nothing
     assert len({(sha, index) for sha, index, _ in rows}) == 8
+
+
+# --- no worker: the client is told, and what it was told holds ------------------------------------------
+
+
+def wait_worker_idle(worker: Worker, tasks: int, timeout: float = 300) -> None:
+    """Until `worker` has taken `tasks` tasks and finished them all."""
+    deadline = time.monotonic() + timeout
+    while worker.text().count("] received") < tasks or worker.busy() > 0:
+        assert time.monotonic() < deadline, worker.text()[-3000:]
+        time.sleep(0.2)
+
+
+def test_an_upload_no_worker_takes_is_a_job_to_follow_and_a_cancelled_one_is_never_applied(
+    client, key, workers, settings
+):
+    """Seen: with no worker, an upload waited 30 s, answered 503, and was applied when a
+    worker started later."""
+    headers = {"X-API-Key": key}
+
+    def upload(person: str, photo: Path):
+        started = time.monotonic()
+        response = client.post(f"/v1/persons/{person}/faces", headers=headers,
+                               files=[("images", (photo.name, photo.read_bytes(), "image/jpeg"))])
+        return response, time.monotonic() - started
+
+    kept, waited = upload("law", photos("Bernard_Law")[0])
+    assert kept.status_code == 202 and waited < 10, kept.text  # enroll_wait_seconds, not an hour
+    assert kept.json()["status"] == "queued"
+    dropped, _ = upload("graham", photos("Bill_Graham")[0])
+    assert dropped.status_code == 202
+    cancelled = client.delete(f"/v1/jobs/{dropped.json()['job_id']}", headers=headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+    worker = workers()
+    done = wait_job(client, key, kept.json()["job_id"])
+    assert done["status"] == "succeeded" and done["counts"] == {"enrolled": 1}, done  # told 202: applied
+    wait_worker_idle(worker, 2)  # it has taken the cancelled job's batch too
+    assert not [row for row in face_rows(client.app.state.service) if row[2] == "graham"]
+    assert wait_job(client, key, dropped.json()["job_id"])["status"] == "cancelled"
+    assert client.delete(f"/v1/jobs/{kept.json()['job_id']}", headers=headers).status_code == 409
+
+
+def test_identity_enroll_without_a_live_worker_exits_4_in_seconds_and_nothing_is_applied_later(
+    client, workers, settings, tmp_path
+):
+    """Seen: `identity enroll` in broker mode waited forever."""
+    folder = tmp_path / "people" / "walters"
+    folder.mkdir(parents=True)
+    for photo in photos("Barbara_Walters")[:4]:
+        (folder / photo.name).symlink_to(photo)
+    env = {**worker_env(settings), "IDENTITY_WORKER_WAIT_SECONDS": "3", "IDENTITY_BATCH_SIZE": "2"}
+    command = [sys.executable, "-m", "identity.cli", "enroll", str(folder.parent)]
+
+    started = time.monotonic()
+    gave_up = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert gave_up.returncode == 4, gave_up.stderr
+    assert "no Celery worker is alive" in gave_up.stderr and "Traceback" not in gave_up.stderr
+    assert time.monotonic() - started < 60  # start-up, two sends, 3 s of silence
+    service = client.app.state.service
+    job = service.jobs(kind="enroll", status="failed")[0][0]
+    assert job.error.startswith("the client gave up: no Celery worker is alive"), job
+
+    worker = workers()  # takes the two batches the client gave up on
+    wait_worker_idle(worker, 2)
+    assert not [row for row in face_rows(service) if row[2] == "walters"]
+    assert service.job(job.id).status == "failed"
+
+    # With a worker alive the same command finishes, saying how far it got as it goes.
+    finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "enroll: 4/4 files" in finished.stderr
+    assert len([row for row in face_rows(service) if row[2] == "walters"]) == 4

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from identity.api import console, errors
+from identity.api.access import AccessMiddleware, RateLimits
 from identity.api.limits import BodyLimitMiddleware
 from identity.api.metrics import Metrics
-from identity.api.routes import enroll, health, persons, vision
+from identity.api.routes import enroll, faces, health, jobs, persons, vision
 from identity.api.schemas import ErrorResponse
 from identity.config import Settings, get_settings
 from identity.errors import IdentityError
@@ -19,7 +22,7 @@ from identity.service import Service
 
 log = logging.getLogger("identity.api")
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422, 500, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422, 429, 500, 503, 507)}
 
 
 def _warm(app: FastAPI) -> None:
@@ -28,6 +31,8 @@ def _warm(app: FastAPI) -> None:
     service: Service = app.state.service
     try:
         service.store  # noqa: B018 - each property opens its resource
+        _supervise_jobs(app)
+        _sweep_spool(service)
         service.pipeline  # noqa: B018
         service.index  # noqa: B018
         log.info("api: ready (%s)", service.settings.model)
@@ -37,6 +42,33 @@ def _warm(app: FastAPI) -> None:
     except Exception:
         app.state.warm_error = "startup failed (see the server log)"
         log.exception("api: startup failed")
+    finally:
+        app.state.warming = False
+
+
+def _sweep_spool(service: Service) -> None:
+    """Uploads left by jobs that ended while no process was there to release them, and by
+    requests that died (identity/spool.py)."""
+    try:
+        service.sweep_spool()
+    except (IdentityError, OSError) as exc:
+        log.error("api: could not sweep the upload spool: %s", exc)
+
+
+def _supervise_jobs(app: FastAPI) -> None:
+    """Take over the jobs of processes that died (a killed `identity serve`), now and
+    every `job_heartbeat_seconds` after (identity/jobs.py)."""
+    from identity.jobs import JobSupervisor
+
+    service: Service = app.state.service
+    try:
+        for job_id, outcome in service.recover_jobs():
+            log.warning("api: job %s of a process that is gone: %s", job_id, outcome)
+    except IdentityError as exc:
+        log.error("api: could not look for abandoned jobs: %s", exc)
+    if getattr(app.state, "job_supervisor", None) is None:
+        app.state.job_supervisor = JobSupervisor(service)
+        app.state.job_supervisor.start()
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None, warm: bool = True) -> FastAPI:
@@ -47,6 +79,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         if warm:
             threading.Thread(target=_warm, args=(app,), name="api-warm", daemon=True).start()
         yield
+        if getattr(app.state, "job_supervisor", None) is not None:
+            app.state.job_supervisor.stop()
         if service is None:  # ours to close; a Service passed in belongs to the caller
             app.state.service.close()
 
@@ -62,11 +96,16 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     )
     app.state.service = service or Service(settings)
     app.state.warm_error = None
+    app.state.warming = warm
+    app.state.job_supervisor = None
     app.state.metrics = Metrics(app)
     errors.install(app)
     app.middleware("http")(app.state.metrics.middleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    for router in (health.router, persons.router, enroll.router, vision.router):
+    # Added last, so it runs first: key and rate limit are decided before the body limit reads a byte.
+    app.add_middleware(AccessMiddleware, api=app, limits=RateLimits.from_settings(settings),
+                       max_bytes=settings.max_upload_bytes)
+    for router in (health.router, persons.router, enroll.router, jobs.router, vision.router, *faces.routers):
         app.include_router(router)
     console.install(app)  # the web console at / and the offline /docs
     return app
@@ -77,12 +116,23 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
+    _exit_on_sigterm()
     if settings.api_workers > 1:
         # Each worker process builds its own app (and index mirror) from the environment.
         uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api_host,
                     port=settings.api_port, workers=settings.api_workers, proxy_headers=True)
     else:
         uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, proxy_headers=True)
+
+
+def _exit_on_sigterm() -> None:
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the
+    handler that was installed before it ran. Python's default one ends the process
+    without running atexit, and atexit is what stops the embedded PostgreSQL (SIGINT's
+    KeyboardInterrupt does run it): so SIGTERM left the server running. This handler
+    makes that second SIGTERM a normal exit with status 143."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def app_from_env() -> FastAPI:

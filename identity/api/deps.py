@@ -35,5 +35,12 @@ def model_call(request: Request):
         yield
 
 
+def actor(key: ApiKey) -> str:
+    """How the audit log names what a key did: `key:<key id> (<key name>)`."""
+    from identity.store.audit import key_actor
+
+    return key_actor(key.key_id, key.name)
+
+
 def count_faces(request: Request, n: int) -> None:
     request.app.state.metrics.faces_embedded.inc(n)

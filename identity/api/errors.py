@@ -36,6 +36,8 @@ def error_response(status: int, code: str, message: str, path: str | None = None
 
 def _identity_error(request: Request, exc: IdentityError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    if getattr(exc, "retry_after", None) is not None:  # RateLimitedError
+        headers = {"Retry-After": str(exc.retry_after)}
     if exc.http_status >= 500:
         log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.code, exc)
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)

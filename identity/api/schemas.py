@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 # Shown by the CLI too, so they live below both front ends.
 from identity.views import DeleteOut, MergeOut, PersonOut, PersonPageOut, PersonRefOut  # noqa: F401
+from identity.vocabulary import JobKind, JobStatus
 
 Level = Literal["loose", "normal", "strict"]
 
@@ -60,6 +61,7 @@ class ItemOutcomeOut(BaseModel):
     status: str
     reason: str | None = None
     face_id: int | None = None
+    person_id: int | None = None
 
 
 class EnrollOut(BaseModel):
@@ -153,15 +155,43 @@ class ClusterJobIn(BaseModel):
 
 class JobCreated(BaseModel):
     job_id: str
-    kind: str
-    status: str
+    kind: JobKind
+    status: JobStatus
     total_items: int
+
+
+class JobSummary(BaseModel):
+    """A job in a listing: its state and progress, without outcomes or result."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    total_items: int
+    items_done: int
+    total_batches: int
+    batches_done: int
+    error: str | None
+    resumes: int = Field(0, description="Times the job was taken over after its process died")
+    created_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job) -> JobSummary:
+        return cls(id=job.id, kind=job.kind, status=job.status, total_items=job.total_items,
+                   items_done=job.items_done, total_batches=job.total_batches,
+                   batches_done=job.batches_done, error=job.error, resumes=job.resumes,
+                   created_at=job.created_at, finished_at=job.finished_at)
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next: str | None = Field(None, description="Pass as `after` for the next page; null on the last")
 
 
 class JobOut(BaseModel):
     id: str
-    kind: str
-    status: str
+    kind: JobKind
+    status: JobStatus
     total_items: int
     items_done: int
     total_batches: int
@@ -171,6 +201,7 @@ class JobOut(BaseModel):
     outcomes: list[dict[str, Any]]
     result: dict[str, Any] | None
     error: str | None
+    resumes: int = Field(0, description="Times the job was taken over after its process died")
     created_at: datetime | None
     finished_at: datetime | None
 
@@ -178,13 +209,15 @@ class JobOut(BaseModel):
     def of(cls, job) -> JobOut:
         if job.kind == "enroll":
             progress = job.items_done / job.total_items if job.total_items else 1.0
-        else:
-            progress = 1.0 if job.status in ("succeeded", "failed") else 0.0
+        elif job.status in ("succeeded", "failed", "cancelled"):
+            progress = 1.0
+        else:  # clustering counts its photos (or faces) only when it is done
+            progress = 0.0
         return cls(id=job.id, kind=job.kind, status=job.status, total_items=job.total_items,
                    items_done=job.items_done, total_batches=job.total_batches,
                    batches_done=job.batches_done, progress=round(min(progress, 1.0), 4),
                    counts=job.counts, outcomes=job.outcomes, result=job.result, error=job.error,
-                   created_at=job.created_at, finished_at=job.finished_at)
+                   resumes=job.resumes, created_at=job.created_at, finished_at=job.finished_at)
 
 
 class ReadyOut(BaseModel):

@@ -2,6 +2,9 @@
 
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. The key row is read on every
 request (identity/store/keys.py explains why that is cheap), so revocation is immediate.
+For routes that need a key, `identity/api/access.py` has already authenticated it from
+the headers (before the body was read) and left it in the request scope; the dependency
+here then only reads it, and checks the route's scope.
 """
 
 from __future__ import annotations
@@ -14,6 +17,19 @@ from identity.store.keys import ApiKey
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer idk_…`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: idk_…`")
+# Where access.py leaves the key it authenticated (a private key of the ASGI scope).
+SCOPE_KEY = "identity.api_key"
+MISSING = "an API key is required (Authorization: Bearer <key> or X-API-Key)"
+
+
+def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request presents: X-API-Key, else the credentials of a Bearer header."""
+    if x_api_key:
+        return x_api_key
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
 
 
 def current_key(
@@ -21,10 +37,12 @@ def current_key(
     bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
     header: str | None = Security(_header),
 ) -> ApiKey:
-    presented = header or (bearer.credentials if bearer else None)
-    if not presented:
-        raise AuthenticationError("an API key is required (Authorization: Bearer <key> or X-API-Key)")
-    key = request.app.state.service.authenticate(presented)
+    key = request.scope.get(SCOPE_KEY)
+    if key is None:
+        presented = header or (bearer.credentials if bearer else None)
+        if not presented:
+            raise AuthenticationError(MISSING)
+        key = request.app.state.service.authenticate(presented)
     request.state.key = key
     return key
 

@@ -17,6 +17,7 @@ from identity.cli import (
     doctor,
     enroll,
     evaluate,
+    faces,
     index,
     keys,
     models,
@@ -59,6 +60,7 @@ for command in (vision.detect, vision.embed, vision.verify, enroll.enroll, visio
     app.command()(command)
 app.add_typer(_group(models.app), name="models")
 app.add_typer(_group(persons.app), name="persons")
+app.add_typer(_group(faces.app), name="faces")
 app.add_typer(_group(index.app), name="index")
 app.add_typer(_group(index.db_app), name="db")
 app.add_typer(_group(keys.app), name="keys")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from identity.cli._common import JsonOption, dump, out, progress, service, settings
+from identity.cli._common import JsonOption, dump, err, out, progress, service, settings
 from identity.errors import InputError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -45,14 +45,23 @@ def enroll(
     # Unique per run: two runs in the same second must not write one report.
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     report = report or settings().data_dir / "reports" / f"enroll-{stamp}.csv"
+    if settings().broker_url:
+        err.print(f"enroll: {len(items)} files; batches go to the Celery workers "
+                  f"(exit 4 if none is alive for {settings().worker_wait_seconds:g} s)", highlight=False)
     with service() as svc, progress() as bar:
         task = bar.add_task("enrolling", total=len(items), rate="")
         started = time.perf_counter()
+        printed = [started]
 
         def advance(outcomes) -> None:
             bar.advance(task, len(outcomes))
             done = bar.tasks[0].completed
-            bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.1f} img/s")
+            rate = f"{done / max(time.perf_counter() - started, 1e-9):.1f} img/s"
+            bar.update(task, rate=rate)
+            # Without a terminal the bar is hidden: a line every few seconds instead (logs).
+            if not err.is_terminal and (time.perf_counter() - printed[0] >= 2 or done == len(items)):
+                printed[0] = time.perf_counter()
+                err.print(f"enroll: {done:.0f}/{len(items)} files ({rate})", highlight=False)
 
         summary = svc.enroll(items, largest_face=largest_face, report=report, on_progress=advance)
     if as_json:

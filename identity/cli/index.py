@@ -27,6 +27,8 @@ def readable_status(status: dict) -> dict[str, str]:
     """The status for a person: times as ISO dates with their age, nothing as 'never'."""
     now = datetime.now(timezone.utc)
     shown = {}
+    status = dict(status)
+    estimate, budget = status.pop("memory_estimate_mb", None), status.pop("memory_budget_mb", None)
     for key, value in status.items():
         if key == "last_sync_at":
             shown["last sync"] = "never" if value is None else (
@@ -38,6 +40,8 @@ def readable_status(status: dict) -> dict[str, str]:
                 f" ({human_age(value)} ago)")
         else:
             shown[key.replace("_", " ")] = "unknown" if value is None else str(value)
+    if estimate is not None:
+        shown["memory"] = f"about {estimate:,.0f} MiB" + (f" of a {budget:,.0f} MiB budget" if budget else "")
     return shown
 
 
@@ -62,6 +66,8 @@ def index_rebuild() -> None:
         status = svc.index.rebuild().to_dict()
     out.print(f"rebuilt: {status['count']} face(s), watermark {status['watermark']}, {status['index_type']}",
               highlight=False)
+    if status.get("chosen_because"):
+        out.print(f"chosen because {status['chosen_because']}", highlight=False)
 
 
 @db_app.command("upgrade")

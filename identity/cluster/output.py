@@ -1,21 +1,33 @@
 """What a person looks at after clustering: a JSON report, a folder per cluster (face
-crops or links to the original photos) and a contact sheet per cluster."""
+crops or links to the original photos), and a contact sheet per cluster (and one of the
+unclustered faces), each titled with what it is.
+
+One output folder holds one run: `previous_result` finds an earlier run's files and
+`clear_previous` removes exactly those (never anything else in the folder), so the
+results of two runs never mix."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from identity.cluster.types import UNCLUSTERED, ClusterResult, FaceSet
 from identity.errors import ImageDecodeError, InputError
 
 UNCLUSTERED_DIR = "unclustered"
+REPORT = "clusters.json"
+SHEETS_DIR = "sheets"
+_CLUSTER_DIR = re.compile(r"^cluster_\d{4,}$")
 
 
 def report(result: ClusterResult, faces: FaceSet) -> dict:
@@ -44,11 +56,17 @@ def report(result: ClusterResult, faces: FaceSet) -> dict:
     }
 
 
-def write_json(result: ClusterResult, faces: FaceSet, path: Path) -> Path:
+def write_json(result: ClusterResult, faces: FaceSet, path: Path, *,
+               annotations: Mapping[int, dict] | None = None) -> Path:
+    """The report as JSON; `annotations[cluster]` adds fields to that cluster's entry (who
+    it matched, what it was saved as)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = report(result, faces)
+    for entry in data["clusters"]:
+        entry.update((annotations or {}).get(entry["cluster"], {}))
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report(result, faces), indent=2, ensure_ascii=False))
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
     os.replace(tmp, path)  # a reader never sees half a report
     return path
 
@@ -82,6 +100,26 @@ def write_cluster_folders(
     return [p for p in written if p.is_dir()]
 
 
+def previous_result(out_dir: Path) -> list[Path]:
+    """The files and folders an earlier run wrote into `out_dir` (empty when none)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.iterdir()
+                  if p.name in (REPORT, REPORT + ".tmp", SHEETS_DIR, UNCLUSTERED_DIR) or _CLUSTER_DIR.match(p.name))
+
+
+def clear_previous(out_dir: Path) -> list[Path]:
+    """Remove what `previous_result` finds, and only that; returns what was removed."""
+    found = previous_result(out_dir)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return found
+
+
 def write_contact_sheets(
     result: ClusterResult,
     faces: FaceSet,
@@ -90,15 +128,32 @@ def write_contact_sheets(
     thumb: int = 96,
     columns: int = 10,
     max_faces: int = 100,
+    titles: Mapping[int, str] | None = None,
+    unclustered: bool = True,
 ) -> list[Path]:
-    """One PNG per cluster: a grid of up to max_faces face thumbnails."""
+    """One PNG per cluster, a grid of up to max_faces face thumbnails under a title
+    (cluster number, size, and `titles[cluster]`: who it matched or was saved as), and
+    `unclustered.png` for the faces left out, titled with their reasons."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    titles = titles or {}
     sheets = []
     for c, rows in enumerate(result.members()):
         thumbs = [face_crop(faces, int(i), thumb) for i in rows[:max_faces]]
-        sheets.append(_sheet(thumbs, thumb, columns, out_dir / f"cluster_{c:04d}.png"))
+        title = f"cluster {c} | {_faces(len(rows), len(thumbs))}" + (f" | {titles[c]}" if c in titles else "")
+        sheets.append(_sheet(thumbs, thumb, columns, out_dir / f"cluster_{c:04d}.png", title))
+    left_out = np.flatnonzero(result.labels == UNCLUSTERED)
+    if unclustered and len(left_out):
+        thumbs = [face_crop(faces, int(i), thumb) for i in left_out[:max_faces]]
+        reasons = Counter(("" if result.reasons is None else str(result.reasons[i])) or "no_match" for i in left_out)
+        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+        sheets.append(_sheet(thumbs, thumb, columns, out_dir / f"{UNCLUSTERED_DIR}.png",
+                             f"unclustered | {_faces(len(left_out), len(thumbs))} | {why}"))
     return sheets
+
+
+def _faces(total: int, shown: int) -> str:
+    return f"{total} face{'s' if total != 1 else ''}" + (f" (first {shown} shown)" if shown < total else "")
 
 
 def face_crop(faces: FaceSet, i: int, size: int = 160) -> Image.Image:
@@ -140,14 +195,25 @@ def _write_member(faces: FaceSet, i: int, folder: Path, mode: str, crop_size: in
     return path
 
 
-def _sheet(thumbs: list[Image.Image], thumb: int, columns: int, path: Path) -> Path:
+TITLE_PX = 14  # title text size; the band above the grid is TITLE_PX + 2 * pad
+
+
+def _sheet(thumbs: list[Image.Image], thumb: int, columns: int, path: Path, title: str | None = None) -> Path:
     cols = max(1, min(columns, len(thumbs)))
     rows = max(1, math.ceil(len(thumbs) / cols))
     pad = 4
-    sheet = Image.new("RGB", (cols * (thumb + pad) + pad, rows * (thumb + pad) + pad), (255, 255, 255))
+    band = TITLE_PX + 2 * pad if title else 0
+    width = cols * (thumb + pad) + pad
+    if title:
+        font = ImageFont.load_default(size=TITLE_PX)
+        # A sheet of two faces is narrower than its title: widen the paper, not shorten the title.
+        width = max(width, math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * pad)
+    sheet = Image.new("RGB", (width, band + rows * (thumb + pad) + pad), (255, 255, 255))
+    if title:
+        ImageDraw.Draw(sheet).text((pad, pad), title, fill=(0, 0, 0), font=font)
     for n, image in enumerate(thumbs):
         r, c = divmod(n, cols)
-        sheet.paste(image, (pad + c * (thumb + pad), pad + r * (thumb + pad)))
+        sheet.paste(image, (pad + c * (thumb + pad), band + pad + r * (thumb + pad)))
     sheet.save(path)
     return path
 

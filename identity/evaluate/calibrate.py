@@ -19,7 +19,8 @@ confidence interval.
 Clustering parameters (the similarity floor and HDBSCAN's sub-cluster merge) are cosine
 similarities as well, so they are calibrated with the thresholds, per model: the same
 labelled faces are clustered as if unlabelled over a grid of (floor, merge), and the pair
-with the best BCubed F1 against the folder names is kept (`calibrate_clustering`).
+with the best BCubed F1 against the folder names among those with BCubed precision ≥ 0.99
+is kept (`calibrate_clustering`): a wrong merge costs a user more than a split.
 """
 
 from __future__ import annotations
@@ -140,12 +141,16 @@ CLUSTER_MERGES: tuple[float, ...] = (
     *(round(0.40 + 0.05 * i, 2) for i in range(12)),  # .40-.95
     1.01,  # no merge
 )
+# A wrong merge (two people in one cluster) costs a user more than a split, so the fit only
+# considers settings at least this precise (BCubed), when any is.
+CLUSTER_MIN_PRECISION = 0.99
 
 
 @dataclass(frozen=True)
 class ClusteringFit:
-    """The floor and merge with the best BCubed F1 (ties: the better precision), and the
-    grid they were chosen from."""
+    """The floor and merge with the best BCubed F1 among the settings of the grid whose
+    BCubed precision reaches `min_precision` (all settings when none does:
+    `precision_met` False); ties go to the better precision."""
 
     algorithm: str
     floor: float
@@ -156,6 +161,8 @@ class ClusteringFit:
     pairwise_f1: float
     n_faces: int
     n_identities: int
+    min_precision: float = CLUSTER_MIN_PRECISION
+    precision_met: bool = True
     grid: list[dict] = field(default_factory=list, repr=False)  # floor, merge, F1, P, R
 
     def entry(self) -> dict:
@@ -173,9 +180,11 @@ def calibrate_clustering(
     image_index: np.ndarray | None = None,
     floors: Sequence[float] = CLUSTER_FLOORS,
     merges: Sequence[float] = CLUSTER_MERGES,
+    min_precision: float = CLUSTER_MIN_PRECISION,
 ) -> ClusteringFit:
-    """Cluster the faces with every (floor, merge) of the grid and `params` otherwise, and
-    score each clustering against `labels` (BCubed F1). One kNN graph serves the grid."""
+    """Cluster the faces with every (floor, merge) of the grid and `params` otherwise, score
+    each clustering against `labels` (BCubed), and keep the best F1 among the settings at
+    least `min_precision` precise. One kNN graph serves the grid."""
     from identity.cluster import FaceSet, cluster_faces, evaluate_clustering, knn_graph
 
     truth = np.asarray(labels)
@@ -183,19 +192,24 @@ def calibrate_clustering(
         raise InputError(f"{len(embeddings)} faces but {len(truth)} labels to calibrate clustering on")
     faces = FaceSet.from_embeddings(np.asarray(embeddings, np.float32), image_index)
     graph = knn_graph(faces.embeddings, params.k, exact_max=params.exact_max)
-    best: tuple | None = None
-    grid = []
+    trials = []
     for floor in floors:
         for merge in merges:
             trial = replace(params, threshold=float(floor), merge_similarity=float(merge))
             m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=graph).labels)
-            grid.append({"floor": floor, "merge_similarity": merge, "bcubed_f1": m.bcubed_f1,
-                         "bcubed_precision": m.bcubed_precision, "bcubed_recall": m.bcubed_recall})
-            key = (round(m.bcubed_f1, 6), round(m.bcubed_precision, 6))
-            if best is None or key > best[0]:
-                best = (key, floor, merge, m)
-    assert best is not None
-    _, floor, merge, m = best
+            trials.append((floor, merge, m))
+    if not trials:
+        raise InputError("an empty grid of clustering parameters")
+    precise = [t for t in trials if t[2].bcubed_precision >= min_precision]
+    floor, merge, m = max(
+        precise or trials,
+        key=lambda t: (round(t[2].bcubed_f1, 6), round(t[2].bcubed_precision, 6)),
+    )
+    grid = [
+        {"floor": f, "merge_similarity": g, "bcubed_f1": r.bcubed_f1,
+         "bcubed_precision": r.bcubed_precision, "bcubed_recall": r.bcubed_recall}
+        for f, g, r in trials
+    ]
     return ClusteringFit(
         algorithm=str(params.algorithm),
         floor=float(floor),
@@ -206,6 +220,8 @@ def calibrate_clustering(
         pairwise_f1=m.pairwise_f1,
         n_faces=len(truth),
         n_identities=len(np.unique(truth)),
+        min_precision=min_precision,
+        precision_met=bool(precise),
         grid=grid,
     )
 

@@ -1,9 +1,13 @@
-"""Face detection with facenet-pytorch's MTCNN (its weights ship inside the wheel).
+"""Face detection with facenet-pytorch's MTCNN (its networks and weights, which ship inside
+the wheel), run by `identity.faces.mtcnn.BatchedMTCNN`: every stage batched, the second
+and third stages' candidate boxes resampled in one gather each instead of one resize per box.
 
 MTCNN batches only equal-sized images. A directory of phone photos comes in many sizes,
 so images are zero-padded on the right and bottom up to a size bucket (multiples of
-`BUCKET` pixels) and every bucket is detected as one batch. Padding adds no faces and
-leaves coordinates of the real pixels unchanged; boxes are clipped back to the image.
+`BUCKET` pixels) and every bucket is detected as one batch (split so that one call holds
+at most `MAX_BATCH_PIXELS`: memory stays bounded, and results do not depend on how images
+are grouped). Padding adds no faces and leaves coordinates of the real pixels unchanged;
+boxes are clipped back to the image.
 """
 
 from __future__ import annotations
@@ -15,11 +19,18 @@ from typing import Literal
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
+from PIL import Image
 
 from identity.config import Settings
+from identity.vocabulary import FaceDetector
+from identity.faces.mtcnn import BatchedMTCNN
 from identity.faces.types import DetectedFace
 
 BUCKET = 64
+# Pixels (padded) per MTCNN call: 32 LFW-sized images, or 6 photos of 1600 x 1200. Larger
+# calls gain nothing (their ops are large already) and the working copies (float pixels,
+# summed-area table, P-Net's first feature maps) grow with them.
+MAX_BATCH_PIXELS = 12_000_000
 Selection = Literal["all", "largest", "central"]
 
 
@@ -40,50 +51,117 @@ class Detector:
         # (O-Net and R-Net run 2x faster on CPU); results agree to float rounding.
         for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
             net.to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.stages = BatchedMTCNN(
+            self.mtcnn.pnet,
+            self.mtcnn.rnet,
+            self.mtcnn.onet,
+            min_face_size=settings.min_face_size,
+            thresholds=tuple(settings.detection_thresholds),
+            factor=settings.scale_factor,
+        )
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
         """Faces of each uint8 H×W×3 image, ordered left to right (a stable order across
         runs and devices, unlike detection probability, so a face's index can key it)."""
         results: list[list[DetectedFace]] = [[] for _ in images]
         for (bucket_h, bucket_w), members in _buckets(images).items():
-            batch = np.zeros((len(members), bucket_h, bucket_w, 3), dtype=np.uint8)
-            for slot, i in enumerate(members):
-                h, w = images[i].shape[:2]
-                batch[slot, :h, :w] = images[i]
-            with torch.inference_mode():
-                boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
-            for slot, i in enumerate(members):
-                results[i] = self._faces(boxes[slot], probs[slot], points[slot], images[i].shape)
+            per_call = max(1, MAX_BATCH_PIXELS // (bucket_h * bucket_w))
+            for first in range(0, len(members), per_call):
+                group = members[first : first + per_call]
+                batch = np.zeros((len(group), bucket_h, bucket_w, 3), dtype=np.uint8)
+                for slot, i in enumerate(group):
+                    h, w = images[i].shape[:2]
+                    batch[slot, :h, :w] = images[i]
+                boxes, points = self.stages.detect(torch.from_numpy(batch).to(self.device))
+                for slot, i in enumerate(group):
+                    results[i] = _faces(boxes[slot], points[slot], images[i].shape, self.min_probability)
         return results
 
-    def _faces(self, boxes, probs, points, shape: tuple[int, ...]) -> list[DetectedFace]:
-        if boxes is None:
-            return []
-        h, w = shape[:2]
-        faces = []
-        for box, prob, landmarks in zip(boxes, probs, points):
-            if prob is None or prob < self.min_probability:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in box)
-            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
-            if x2 - x1 < 1 or y2 - y1 < 1:
-                continue
-            faces.append(
-                DetectedFace(
-                    box=(x1, y1, x2, y2),
-                    landmarks=np.asarray(landmarks, dtype=np.float32).reshape(5, 2),
-                    probability=float(prob),
-                )
+
+class ScrfdDetector:
+    """InsightFace's SCRFD-500M (`identity.faces.scrfd`), batched like MTCNN: each image
+    downscaled to at most `scrfd_max_side` (never upscaled: LFW-sized photos are detected
+    as they are, 250 px instead of InsightFace's 640), zero-padded to a bucket of
+    `scrfd.ALIGN` pixels, each bucket one batch. Boxes and landmarks are reported in the
+    working image's pixels, ordered left to right like MTCNN's."""
+
+    def __init__(self, settings: Settings, device: torch.device | str = "cpu") -> None:
+        from identity.faces import scrfd
+
+        self.device = torch.device(device)
+        self.min_probability = settings.scrfd_min_probability
+        self.max_side = settings.scrfd_max_side
+        network = scrfd.load_network(scrfd.find_weights(settings.models_dir, settings.cache_dir), self.device)
+        self.scrfd = scrfd.Scrfd(network, threshold=self.min_probability)
+        self.align = scrfd.ALIGN
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+        scaled, scales = [], []
+        for image in images:
+            h, w = image.shape[:2]
+            scale = min(1.0, self.max_side / max(h, w))
+            if scale < 1.0:
+                size = (max(1, round(w * scale)), max(1, round(h * scale)))
+                image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+            scaled.append(image)
+            scales.append(scale)
+        results: list[list[DetectedFace]] = [[] for _ in images]
+        for (bucket_h, bucket_w), members in _buckets(scaled, self.align).items():
+            per_call = max(1, MAX_BATCH_PIXELS // (bucket_h * bucket_w))
+            for first in range(0, len(members), per_call):
+                group = members[first : first + per_call]
+                batch = np.zeros((len(group), bucket_h, bucket_w, 3), dtype=np.uint8)
+                for slot, i in enumerate(group):
+                    h, w = scaled[i].shape[:2]
+                    batch[slot, :h, :w] = scaled[i]
+                boxes, points = self.scrfd.detect(torch.from_numpy(batch).to(self.device))
+                for slot, i in enumerate(group):
+                    s = scales[i]
+                    box = boxes[slot].copy()
+                    box[:, :4] /= s
+                    results[i] = _faces(box, points[slot] / s, images[i].shape, self.min_probability)
+        return results
+
+
+def make_detector(settings: Settings, device: torch.device | str = "cpu") -> Detector | ScrfdDetector:
+    """The detector the settings name (`detector`: MTCNN unless told otherwise)."""
+    if FaceDetector(settings.detector) == FaceDetector.scrfd:
+        return ScrfdDetector(settings, device)
+    return Detector(settings, device)
+
+
+def _faces(
+    boxes: np.ndarray, points: np.ndarray, shape: tuple[int, ...], min_probability: float
+) -> list[DetectedFace]:
+    """boxes: k × 5 (x1, y1, x2, y2, probability); points: k × 5 × 2. Those at least
+    `min_probability`, clipped to the image, left to right."""
+    h, w = shape[:2]
+    faces = []
+    for box, landmarks in zip(boxes, points):
+        prob = float(box[4])
+        if prob < min_probability:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            continue
+        faces.append(
+            DetectedFace(
+                box=(x1, y1, x2, y2),
+                landmarks=np.asarray(landmarks, dtype=np.float32).reshape(5, 2),
+                probability=prob,
             )
-        faces.sort(key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
-        return faces
+        )
+    faces.sort(key=lambda f: ((f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2))
+    return faces
 
 
-def _buckets(images: list[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+def _buckets(images: list[np.ndarray], bucket: int = BUCKET) -> dict[tuple[int, int], list[int]]:
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, image in enumerate(images):
         h, w = image.shape[:2]
-        groups[(math.ceil(h / BUCKET) * BUCKET, math.ceil(w / BUCKET) * BUCKET)].append(i)
+        groups[(math.ceil(h / bucket) * bucket, math.ceil(w / bucket) * bucket)].append(i)
     return groups
 
 

@@ -29,7 +29,7 @@ from identity.faces import models
 from identity.faces.align import align
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
-from identity.faces.detect import Detector, Selection, select_faces
+from identity.faces.detect import Selection, make_detector, select_faces
 from identity.faces.embed import Embedder, resolve_device
 from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
 
@@ -87,7 +87,7 @@ class FacePipeline:
             flip=self.settings.flip,
             batch_size=self.settings.batch_size,
         )
-        self.detector = Detector(self.settings, self.device)
+        self.detector = make_detector(self.settings, self.device)
 
     @property
     def model_name(self) -> str:

@@ -98,7 +98,7 @@ def slack(t: float, lo: float, q_norm: float, x_norm: float, dim: int) -> float:
     return gamma * q_norm * x_norm + 2.0**-50 * abs(lo) + 2.0**-22 * abs(t) + 2.0**-140
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_integer_scan(dim: int) -> None:
     """FAISS's QT_8bit_direct_signed scan must return the exact integer dot product for
     integer queries in [-127, 127]: the bound relies on it. Checked once per dimension

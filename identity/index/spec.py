@@ -112,14 +112,14 @@ def default_ef_search(n: int) -> int:
 
 def memory_budget(settings: Settings) -> tuple[int, str]:
     """(bytes, where the figure comes from): `index_memory_budget_mb`, else half the RAM."""
-    mb = getattr(settings, "index_memory_budget_mb", None)
+    mb = settings.index_memory_budget_mb
     if mb:
         return int(mb) * 2**20, "index_memory_budget_mb"
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         ram = 16 * 2**30
-    return ram // 2, "half of RAM (index_memory_budget_mb unset)"
+    return ram // 2, "half of RAM; index_memory_budget_mb unset"
 
 
 def index_bytes(kind: str, n: int, dim: int, *, hnsw_m: int = 32, pq_m: int = 0, nlist: int = 0) -> int:

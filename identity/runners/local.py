@@ -49,7 +49,7 @@ class LocalRunner:
             for number, batch in batches:
                 try:
                     # A database restarting under us is waited out, not the job's end.
-                    run_with_retries(lambda: self.service.enroll_job_batch(
+                    run_with_retries(lambda number=number, batch=batch: self.service.enroll_job_batch(
                         job_id, number, batch, largest_face=largest_face))
                 except JobEndedError:
                     return  # cancelled (or failed) meanwhile: nothing more to write

@@ -29,7 +29,6 @@ import fcntl
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +48,10 @@ DATABASE = "identity"
 DEFAULT_WATCH_SECONDS = 2.0
 _lock = threading.Lock()
 _servers: dict[Path, EmbeddedServer] = {}  # pgdata -> this process's handle
+# pgserver's inter-process lock is a lockf on one shared object: it excludes other
+# processes, not other threads of this one (a second thread "acquires" it at once, and
+# its release unlocks the first). Every use of it here goes through this lock first.
+_pg_lock = threading.Lock()
 
 
 def pgdata_dir(settings: Settings) -> Path:
@@ -117,14 +120,27 @@ class EmbeddedServer:
         return self.handle.get_uri(database)
 
     def running(self) -> bool | None:
-        """Is the postmaster up? None while its pid file is being rewritten."""
+        """Is the postmaster up? None while its pid file is being rewritten, or while a
+        killed postmaster is a zombie not yet reaped (neither dead nor restartable: its
+        pid still holds the lock file)."""
         from pgserver.utils import PostmasterInfo
 
         try:
             info = PostmasterInfo.read_from_pgdata(self.pgdata)
         except (AssertionError, ValueError, OSError):
             return None
-        return info is not None and info.is_running()
+        if info is None or info.process is None:
+            return False
+        try:
+            if info.process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return info.process.is_running()
+        except psutil.Error:
+            return False
+
+    def alive(self) -> bool:
+        """What readiness reports: a zombie postmaster serves no one."""
+        return bool(self.running())
 
     def on_restart(self, callback: Callable[[], None]) -> None:
         """Call `callback` after each restart (a bound method is held weakly)."""
@@ -139,13 +155,15 @@ class EmbeddedServer:
         from pgserver import PostgresServer
         from pgserver.utils import DiskList
 
-        with PostgresServer._lock:
+        with _pg_lock, PostgresServer._lock:
             if os.getpid() not in DiskList(self.pgdata / ".handle_pids.json").get():
                 return False
             if self.running() is not False:
                 return False
             _log.warning("embedded PostgreSQL in %s is not running; restarting it", self.pgdata)
             self.handle.ensure_postgres_running()
+            if not self.running():
+                raise StoreError("the postmaster did not come back")
         self.restarts += 1
         self.last_restart = datetime.now(timezone.utc)
         self.last_error = None
@@ -172,15 +190,18 @@ class EmbeddedServer:
 
     def stop_watching(self) -> None:
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)  # a restart in progress finishes first
 
     def status(self) -> dict[str, Any]:
-        return {"running": bool(self.running()), "restarts": self.restarts,
+        return {"running": self.alive(), "restarts": self.restarts,
                 "last_restart": self.last_restart.isoformat() if self.last_restart else None,
                 "last_error": self.last_error}
 
     def cleanup(self) -> None:
         self.stop_watching()
-        self.handle.cleanup()
+        with _pg_lock:
+            self.handle.cleanup()
 
 
 def server_for(settings: Settings) -> EmbeddedServer | None:
@@ -217,10 +238,11 @@ def start_server(pgdata: Path, *, cleanup_mode: str | None = "stop",
             import pgserver
             from pgserver import PostgresServer
 
-            if pgdata.exists():
-                with PostgresServer._lock:
-                    _prune_dead_handles(pgdata)
-            handle = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+            with _pg_lock:
+                if pgdata.exists():
+                    with PostgresServer._lock:
+                        _prune_dead_handles(pgdata)
+                handle = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
         except Exception as exc:  # pgserver raises bare CalledProcessError / RuntimeError
             raise StoreError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc} "
@@ -263,15 +285,6 @@ def embedded_url(settings: Settings) -> str:
     with init_lock(settings.data_dir):
         server = start_server(pgdata_dir(settings), watch_seconds=settings.embedded_watch_seconds)
         return ensure_database(server)
-
-
-def wait_until_running(server: EmbeddedServer, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.running():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def redact(url: str) -> str:

@@ -232,7 +232,7 @@ class PersonsMixin(StoreCore):
             (other_ext, other_name, other_meta) = conn.execute(
                 "SELECT external_id, display_name, metadata FROM persons WHERE id = %s", (other_id,)
             ).fetchone()
-            record_merge(conn, keep_id, other_id, actor=actor)
+            entry = record_merge(conn, keep_id, other_id, actor=actor)
             moved = conn.execute("UPDATE faces SET person_id = %s WHERE person_id = %s", (keep_id, other_id)).rowcount
             conn.execute("UPDATE person_aliases SET person_id = %s WHERE person_id = %s", (keep_id, other_id))
             conn.execute("DELETE FROM persons WHERE id = %s", (other_id,))
@@ -242,4 +242,4 @@ class PersonsMixin(StoreCore):
                 "display_name = coalesce(display_name, %s) WHERE id = %s",
                 (json.dumps(other_meta or {}), other_name, keep_id),
             )
-            return MergeResult(_get(conn, keep_id), other_ext, moved, other_id)
+            return MergeResult(_get(conn, keep_id), other_ext, moved, other_id, entry)

@@ -138,6 +138,7 @@ class MergeResult:
     merged_external_id: str  # now an alias of `person`
     faces_moved: int
     merged_person_id: int | None = None  # the id the merged-away person had
+    audit_id: int | None = None  # the merge's audit entry: what `undo_merge` takes
 
 
 @dataclass(frozen=True)

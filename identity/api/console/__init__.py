@@ -12,8 +12,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from identity.api.access import RateLimits
 from identity.api.console import auth, clusters, docs, enroll, people, search
 from identity.api.console.core import HERE
+from identity.api.console.gate import ConsoleGate
 
 
 def install(app: FastAPI) -> None:
@@ -21,3 +23,5 @@ def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for module in (auth, people, search, enroll, clusters, docs):
         app.include_router(module.router)
+    settings = app.state.service.settings
+    app.add_middleware(ConsoleGate, api=app, limits=RateLimits.from_settings(settings))

@@ -27,6 +27,7 @@ from identity.store.keys import ApiKey
 
 HERE = Path(__file__).parent
 COOKIE = "identity_key"
+ADMITTED = "identity.console_key"  # the request scope's key admitted by gate.py (a form post)
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 
 # Scripts and styles only from our own files (htmx runs with allowEval off), pictures
@@ -99,13 +100,15 @@ def local_path(target: str | None, default: str = "/") -> str:
 
 
 def signed_in(request: Request) -> ApiKey:
-    secret = request.cookies.get(COOKIE)
-    if not secret:
-        raise SignInRequired
-    try:
-        key = service_of(request).authenticate(secret)
-    except AuthenticationError:
-        raise SignInRequired from None
+    key = request.scope.get(ADMITTED)
+    if key is None:
+        secret = request.cookies.get(COOKIE)
+        if not secret:
+            raise SignInRequired
+        try:
+            key = service_of(request).authenticate(secret)
+        except AuthenticationError:
+            raise SignInRequired from None
     request.state.key = key
     return key
 

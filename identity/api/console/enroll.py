@@ -6,6 +6,8 @@ enrolls exactly as the API does (limits, spooling, runners, audit actor)."""
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
@@ -34,8 +36,8 @@ def enroll_photos(request: Request, service: Console, key: Enroller,
         raise InputError("choose or drop at least one photo")
     out = api.enroll_images(request, person.strip(), service, key, images,
                             display_name=display_name.strip() or None, largest_face=largest_face)
-    if not hasattr(out, "outcomes"):  # on workers, a job the worker has not finished yet
-        return redirect(request, f"/jobs/{out.job_id}")
+    if isinstance(out, Response):  # 202: on workers, a job no worker has finished yet
+        return redirect(request, f"/jobs/{json.loads(out.body)['job_id']}")
     return render(request, "_enroll_outcomes.html", result=out)
 
 

@@ -9,7 +9,15 @@ from fastapi import File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from identity import archives, names, spool
-from identity.api.deps import AdminKey, EnrollKey, PersonRef, ReadKey, ServiceDep, count_faces
+from identity.api.deps import (
+    AdminKey,
+    EnrollKey,
+    PersonRef,
+    ReadKey,
+    ServiceDep,
+    actor,
+    count_faces,
+)
 from identity.api.routes import versioned
 from identity.api.schemas import (
     ClusterJobIn,
@@ -64,7 +72,8 @@ def enroll_images(
     owner = spool.new_owner()
     paths = spool_uploads(service.settings, owner, uploads)
     try:
-        items = [EnrollItem(u.name, external_id, display_name, path=str(p)) for u, p in zip(uploads, paths)]
+        items = [EnrollItem(u.name, external_id, display_name, actor=actor(key), path=str(p))
+                 for u, p in zip(uploads, paths)]
         outcomes = service.enroll_now(items, largest_face=largest_face, key_id=key.key_id, job_id=owner)
     finally:
         service.release_spool(owner)
@@ -104,7 +113,7 @@ def enroll_archive(
                             max_total=settings.max_archive_bytes, max_entry=settings.max_upload_bytes)
     job_id = spool.new_owner()
     path = spool_uploads(settings, job_id, [Upload("archive.zip", data)])[0] if entries else None
-    items = [EnrollItem(e.name, e.person, path=str(path), member=e.member) for e in entries]
+    items = [EnrollItem(e.name, e.person, actor=actor(key), path=str(path), member=e.member) for e in entries]
     try:
         job = service.start_enroll_job(items, largest_face=largest_face,
                                        params={"archive": file_name(archive, "archive")},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Query, status
 
-from identity.api.deps import AdminKey, EnrollKey, PersonRef, ReadKey, ServiceDep
+from identity.api.deps import AdminKey, EnrollKey, PersonRef, ReadKey, ServiceDep, actor
 from identity.api.routes import versioned
 from identity.api.schemas import (
     DeleteOut,
@@ -20,8 +20,11 @@ router = versioned("/persons", tags=["persons"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=PersonOut)
-def create_person(body: PersonCreate, service: ServiceDep, _: EnrollKey) -> PersonOut:
-    return PersonOut.of(service.create_person(body.external_id, body.display_name, body.metadata))
+def create_person(body: PersonCreate, service: ServiceDep, key: EnrollKey) -> PersonOut:
+    """A new person. An external id in use is a 409; a merged-away one too, naming the
+    person it was merged into (it resolves to that person)."""
+    return PersonOut.of(service.create_person(body.external_id, body.display_name, body.metadata,
+                                              actor=actor(key)))
 
 
 @router.get("", response_model=PersonPageOut)
@@ -42,21 +45,24 @@ def get_person(person: PersonRef, service: ServiceDep, _: ReadKey) -> PersonOut:
 
 
 @router.patch("/{person}", response_model=PersonOut)
-def update_person(person: PersonRef, body: PersonUpdate, service: ServiceDep, _: EnrollKey) -> PersonOut:
+def update_person(person: PersonRef, body: PersonUpdate, service: ServiceDep, key: EnrollKey) -> PersonOut:
     return PersonOut.of(service.update_person(
         person, external_id=body.external_id, display_name=body.display_name,
         rename="display_name" in body.model_fields_set, metadata=body.metadata,
-        replace_metadata=body.replace_metadata))
+        replace_metadata=body.replace_metadata, actor=actor(key)))
 
 
 @router.delete("/{person}", response_model=DeleteOut)
-def delete_person(person: PersonRef, service: ServiceDep, _: AdminKey) -> DeleteOut:
-    return DeleteOut.model_validate(service.delete_person(person), from_attributes=True)
+def delete_person(person: PersonRef, service: ServiceDep, key: AdminKey) -> DeleteOut:
+    return DeleteOut.model_validate(service.delete_person(person, actor=actor(key)), from_attributes=True)
 
 
 @router.post("/{person}/merge", response_model=MergeOut)
-def merge_person(person: PersonRef, body: MergeIn, service: ServiceDep, _: AdminKey) -> MergeOut:
-    """Move every face of `other` to this person; `other`'s external id becomes an alias."""
-    result = service.merge_persons(person, body.other)
+def merge_person(person: PersonRef, body: MergeIn, service: ServiceDep, key: AdminKey) -> MergeOut:
+    """Move every face of `other` to this person; `other`'s external id becomes an alias
+    that resolves to this person. `audit_id` names the merge in the audit log:
+    `POST /v1/audit/{audit_id}/undo` undoes it while its faces still exist."""
+    result = service.merge_persons(person, body.other, actor=actor(key))
     return MergeOut(person=PersonOut.of(result.person), merged_person_id=result.merged_person_id,
-                    merged_external_id=result.merged_external_id, faces_moved=result.faces_moved)
+                    merged_external_id=result.merged_external_id, faces_moved=result.faces_moved,
+                    audit_id=result.audit_id)

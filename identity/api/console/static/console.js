@@ -94,4 +94,6 @@ document.addEventListener("click", (event) => {
   button.remove();
   const unclustered = document.getElementById("unclustered-faces");
   if (unclustered) unclustered.prepend(chip); else chip.remove();
+  const left = document.querySelector("[data-unclustered-count]");
+  if (left) left.textContent = String(Number(left.textContent) + 1);
 });
