@@ -241,11 +241,11 @@ def run_chunk(runner, paths: list[Path]) -> tuple[float, int, int]:
     return time.perf_counter() - start, images, faces
 
 
-def peer_lfw(peer: Peer, image_dir: Path, pairs_file: Path) -> dict:
+def peer_lfw(peer: Peer, image_dir: Path, pairs_file: Path, half: int | None = None) -> dict:
     from identity.evaluate.metrics import verification_metrics
     from identity.evaluate.runner import EmbeddedImages, load_pairs, score_pairs
 
-    pairs = load_pairs(image_dir, pairs_file)
+    pairs = load_pairs(image_dir, pairs_file, per_fold_half=half)
     paths = pairs.unique_paths()
     emb = np.zeros((len(paths), 512), np.float32)
     detected = np.zeros(len(paths), bool)
@@ -279,13 +279,58 @@ def peer_lfw(peer: Peer, image_dir: Path, pairs_file: Path) -> dict:
             "val": metrics.val_mean, "auc": metrics.auc, "no_face": len(missing), "seconds": seconds}
 
 
-def ours_lfw(pipeline: FacePipeline, image_dir: Path, pairs_file: Path) -> dict:
-    from identity.evaluate.runner import run_lfw
+def ours_lfw(
+    pipeline: FacePipeline, image_dir: Path, pairs_file: Path, half: int | None = None
+) -> dict[bool, dict]:
+    """lfw-dev accuracy without and with flip from one detection pass: each central crop is
+    embedded plain and mirrored (raw outputs), flip = normalise(plain + mirrored), which is
+    what `Embedder(flip=True)` computes (benchmarks/bench_lfw.py checks that equality)."""
+    from identity.evaluate.metrics import verification_metrics
+    from identity.evaluate.runner import EmbeddedImages, load_pairs, score_pairs
+    from identity.faces.align import align, crop
+    from identity.faces.embed import Embedder
 
-    report = run_lfw(pipeline, image_dir, pairs_file)
-    m = report.metrics
-    return {"accuracy": m.accuracy_mean, "accuracy_std": m.accuracy_std, "val": m.val_mean,
-            "auc": m.auc, "no_face": report.n_no_face, "seconds": report.embed_seconds}
+    pairs = load_pairs(image_dir, pairs_file, per_fold_half=half)
+    paths = pairs.unique_paths()
+    spec, settings = pipeline.spec, pipeline.settings
+    raw = Embedder(pipeline.embedder.network, dim=spec.dim, input_size=spec.input_size,
+                   normalization=spec.normalization, device=pipeline.device, flip=False,
+                   batch_size=settings.batch_size, normalize=False)
+    start = time.perf_counter()
+    crops = np.zeros((len(paths), spec.input_size, spec.input_size, 3), np.uint8)
+    detected = np.zeros(len(paths), bool)
+    relative, missing = [], []
+    for first in range(0, len(paths), settings.batch_size):
+        batch = paths[first : first + settings.batch_size]
+        images = [pipeline.decode(str(p)).pixels for p in batch]
+        for k, (pixels, faces) in enumerate(zip(images, pipeline.detector.detect(images))):
+            i = first + k
+            chosen = select_faces(faces, pixels.shape, "central")
+            h, w = pixels.shape[:2]
+            if chosen:
+                crops[i] = align(pixels, chosen[0], method=pipeline.alignment, image_size=spec.input_size,
+                                 margin=settings.margin, template=spec.template)
+                detected[i] = True
+                relative.append(np.array(chosen[0].box) / [w, h, w, h])
+            else:
+                missing.append((i, pixels))
+    box = np.median(relative, axis=0)
+    for i, pixels in missing:  # the runner's fallback: the median central box, cropped
+        h, w = pixels.shape[:2]
+        crops[i] = crop(pixels, tuple(box * [w, h, w, h]), image_size=spec.input_size, margin=settings.margin)
+    plain = raw.embed(crops)
+    mirrored = raw.embed(np.ascontiguousarray(crops[:, :, ::-1]))
+    seconds = time.perf_counter() - start
+    out = {}
+    for flip in (False, True):
+        emb = plain + mirrored if flip else plain
+        emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        embedded = EmbeddedImages(list(paths), emb, detected, np.zeros((len(paths), 4)),
+                                  np.zeros(len(paths)), seconds)
+        m, _ = verification_metrics(score_pairs(pairs, embedded), pairs.labels, pairs.folds)
+        out[flip] = {"accuracy": m.accuracy_mean, "accuracy_std": m.accuracy_std, "val": m.val_mean,
+                     "auc": m.auc, "no_face": len(missing), "seconds": seconds}
+    return out
 
 
 def main() -> None:
@@ -301,6 +346,8 @@ def main() -> None:
                         help="comma-separated: peer and/or MODEL/DETECTOR/flip|noflip")
     parser.add_argument("--peer-threshold", type=float, default=0.7, help="SCRFD score minimum (Immich: 0.7)")
     parser.add_argument("--lfw", action="store_true", help="also lfw-dev accuracy per configuration")
+    parser.add_argument("--per-fold-half", type=int, default=None,
+                        help="smoke run of --lfw: N same + N different pairs per fold")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -348,12 +395,23 @@ def main() -> None:
         figures["load_average_end"] = os.getloadavg()
     if args.lfw:
         pairs = args.pairs or args.data / "pairsDevTrain.txt"
+        done: dict[tuple[str, str], dict[bool, dict]] = {}  # flip and noflip share a pass
         for name, runner in runners.items():
             t0 = time.perf_counter()
-            result = peer_lfw(runner, args.data, pairs) if isinstance(runner, Peer) else ours_lfw(runner, args.data, pairs)
+            if isinstance(runner, Peer):
+                result = peer_lfw(runner, args.data, pairs, args.per_fold_half)
+            else:
+                config = parse_config(name)
+                key = (config["model"], config["detector"])
+                if key not in done:
+                    done[key] = ours_lfw(runner, args.data, pairs, args.per_fold_half)
+                result = done[key][config["flip"]]
             figures["configs"].setdefault(name, {})["lfw"] = result
             print(f"  lfw {name}: accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f} "
                   f"(no face {result['no_face']}, {time.perf_counter() - t0:.0f}s)", flush=True)
+            if args.out:  # figures so far, in case the run is cut short
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -185,8 +185,9 @@ def test_rename_merge_and_undo_through_the_console(client, keys, service):
 
 def test_a_form_post_is_admitted_from_its_cookie_before_its_body_and_rate_limited(client, keys, pg_server):
     # No cookie: sent to sign in, whatever the body (the gate answers from the headers).
+    client.cookies.clear()
     refused = client.post("/search", files={"image": ("a.jpg", b"x" * 100_000, "image/jpeg")}, headers=HX)
-    assert refused.status_code == 204 and refused.headers["hx-redirect"] == "/sign-in"
+    assert refused.status_code == 204 and refused.headers["hx-redirect"] == "/sign-in", refused.text
     # Form posts count against the key's rate limit; page views and chips do not.
     url = client.app.state.service.settings.database_url
     limited = Settings(database_url=url, data_dir=client.app.state.service.settings.data_dir,
@@ -197,3 +198,30 @@ def test_a_form_post_is_admitted_from_its_cookie_before_its_body_and_rate_limite
             assert other.get("/people", headers=cookie).status_code == 200
         answers = [other.post("/search", headers=cookie).status_code for _ in range(3)]
         assert answers[:2] == [422, 422] and answers[2] == 429  # no photo; then the limit
+
+
+def test_a_persons_faces_come_in_pages_and_move_unassign_and_remove_from_the_page(client, keys, service):
+    from test_store import enroll, image
+
+    enroll(service.store, *[(image(f"console-many-{i}"), "many-faces") for i in range(125)])
+    enroll(service.store, (image("console-other"), "other-person"))
+    person = service.person("many-faces")
+    cookie = {**signed_in(client, keys["admin"]), **HX}
+    page = client.get(f"/people/{person.id}", headers={"Cookie": cookie["Cookie"]}).text
+    shown = [int(i) for i in re.findall(r'name="face" value="(\d+)"', page)]
+    assert len(shown) == 120 and shown == sorted(shown)
+    more = re.search(r'hx-get="(/people/\d+/faces\?after=\d+)"', page).group(1)
+    rest = [int(i) for i in re.findall(r'name="face" value="(\d+)"', client.get(more, headers=cookie).text)]
+    assert len(rest) == 5 and rest[0] > shown[-1]
+    a, b, c = shown[:3]
+    moved = client.post(f"/people/{person.id}/move", data={"face": [a], "to": "other-person"}, headers=cookie)
+    assert moved.status_code == 204, moved.text
+    assert client.post(f"/people/{person.id}/unassign", data={"face": [b]}, headers=cookie).status_code == 204
+    assert client.post(f"/people/{person.id}/remove", data={"face": [c]}, headers=cookie).status_code == 204
+    assert service.face(a).external_id == "other-person" and service.face(b).person_id is None
+    assert service.person(person.id).face_count == 122
+    history = client.get(f"/people/{person.id}", headers={"Cookie": cookie["Cookie"]}).text
+    for line in ("1 face moved to other-person", "1 face unassigned", "1 face deleted"):
+        assert line in history, line
+    nothing = client.post(f"/people/{person.id}/move", data={"to": "other-person"}, headers=cookie)
+    assert nothing.status_code == 422 and "select at least one face" in nothing.text

@@ -29,9 +29,14 @@ from starlette.responses import JSONResponse
 
 from identity.api.security import MISSING, SCOPE_KEY, presented_key
 from identity.config import Settings
-from identity.errors import AuthenticationError, ConfigError, IdentityError, RateLimitedError
+from identity.errors import (
+    AuthenticationError,
+    ConfigError,
+    IdentityError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from identity.store.keys import SCOPES, ApiKey
-
 
 PROTECTED = ("/v1", "/metrics")  # these paths and everything below them
 
@@ -71,16 +76,18 @@ class RateLimits:
         any of its scope's limits is used up."""
         scope = max(key.scopes, key=SCOPES.index, default="read")
         items = self.items.get(scope, [])
-        full = [item for item in items if not self.limiter.test(item, "key", key.key_id)]
-        if full:
-            item = full[0]
-            reset = self.limiter.get_window_stats(item, "key", key.key_id).reset_time
-            retry = max(1, math.ceil(reset - time.time()))
-            raise RateLimitedError(
-                f"rate limit of {item} for {scope}-scope keys reached; retry in {retry} s",
-                retry_after=retry)
-        for item in items:
-            self.limiter.hit(item, "key", key.key_id)
+        try:
+            full = [item for item in items if not self.limiter.test(item, "key", key.key_id)]
+            if not full:
+                for item in items:
+                    self.limiter.hit(item, "key", key.key_id)
+                return
+            reset = self.limiter.get_window_stats(full[0], "key", key.key_id).reset_time
+        except Exception as exc:  # a shared (Redis) counter store that does not answer
+            raise ServiceUnavailableError(f"the rate-limit store did not answer ({type(exc).__name__})") from exc
+        retry = max(1, math.ceil(reset - time.time()))
+        raise RateLimitedError(f"rate limit of {full[0]} for {scope}-scope keys reached; retry in {retry} s",
+                               retry_after=retry)
 
 
 class AccessMiddleware:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from identity import spool
 from identity.api.console.core import (
     Admin,
     Console,
@@ -19,7 +20,6 @@ from identity.api.console.core import (
     render,
     same_origin,
 )
-from identity import spool
 from identity.api.uploads import read_uploads, spool_uploads
 from identity.errors import ConflictError, InputError, NotFoundError
 from identity.store import jobs as job_store

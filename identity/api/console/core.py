@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
+from identity.api.deps import actor  # noqa: F401 - the audit log names a console action as an API call
 from identity.errors import AuthenticationError, IdentityError, PermissionDeniedError
 from identity.service import Service
 from identity.store.keys import ApiKey
@@ -142,13 +143,6 @@ Console = Annotated[Service, Depends(service_of)]
 Reader = Annotated[ApiKey, Depends(signed_in)]
 Enroller = Annotated[ApiKey, Depends(allowed("enroll"))]
 Admin = Annotated[ApiKey, Depends(allowed("admin"))]
-
-
-def actor(key: ApiKey) -> str:
-    """Who the audit log names for a console action: the key, as for an API call."""
-    from identity.store.audit import key_actor
-
-    return key_actor(key.key_id, key.name)
 
 
 def render(request: Request, template: str, *, status: int = 200, headers: dict[str, str] | None = None,

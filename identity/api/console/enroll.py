@@ -11,7 +11,15 @@ import json
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from identity.api.console.core import Console, ConsoleRoute, Enroller, Reader, redirect, render, same_origin
+from identity.api.console.core import (
+    Console,
+    ConsoleRoute,
+    Enroller,
+    Reader,
+    redirect,
+    render,
+    same_origin,
+)
 from identity.api.routes import enroll as api
 from identity.api.schemas import DirectoryJobIn
 from identity.errors import InputError
