@@ -6,8 +6,8 @@
 The peer is InsightFace's buffalo_s recipe as Immich-style services run it, written here
 after InsightFace's own code (python-package 0.7: `model_zoo/scrfd.py`,
 `model_zoo/arcface_onnx.py`, `utils/face_align.py`): the photo read by OpenCV (BGR);
-SCRFD-500M on a 640 × 640 letterbox (`cv2.resize`, bilinear), scores ≥ 0.7 (Immich's
-default minimum), NMS at IoU 0.4; every face `norm_crop`ped to 112 px (a similarity
+SCRFD-500M on a 640 × 640 letterbox (`cv2.resize`, bilinear), scores ≥ 0.5 (InsightFace's
+default; --peer-threshold 0.7 is Immich's, which misses a few LFW faces at 640), NMS at IoU 0.4; every face `norm_crop`ped to 112 px (a similarity
 transform of the 5 landmarks onto InsightFace's ArcFace template, `cv2.warpAffine`);
 w600k_mbf on the crops of the photo as one batch, `(x − 127.5) / 127.5`, RGB, no flip;
 onnxruntime on the CPU with its default threads. (The wheel's own `align` feeds 0..1
@@ -64,7 +64,7 @@ DEFAULT_CONFIGS = (
 class PeerScrfd:
     """InsightFace's `SCRFD` (model_zoo/scrfd.py) for the 9-output, batched, keypoint model."""
 
-    def __init__(self, path: Path, det_thresh: float = 0.7, input_size=(640, 640)) -> None:
+    def __init__(self, path: Path, det_thresh: float = 0.5, input_size=(640, 640)) -> None:
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -344,7 +344,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50, help="images per alternation")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="comma-separated: peer and/or MODEL/DETECTOR/flip|noflip")
-    parser.add_argument("--peer-threshold", type=float, default=0.7, help="SCRFD score minimum (Immich: 0.7)")
+    parser.add_argument("--peer-threshold", type=float, default=0.5,
+                        help="SCRFD score minimum (InsightFace's default; Immich's is 0.7)")
     parser.add_argument("--lfw", action="store_true", help="also lfw-dev accuracy per configuration")
     parser.add_argument("--per-fold-half", type=int, default=None,
                         help="smoke run of --lfw: N same + N different pairs per fold")

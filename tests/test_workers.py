@@ -120,7 +120,8 @@ def workers(settings, tmp_path):
         worker.stop()
 
 
-def wait_job(client, key, job_id, until=lambda job: job["status"] in ("succeeded", "failed"), timeout=300):
+def wait_job(client, key, job_id, until=lambda job: job["status"] in ("succeeded", "failed", "cancelled"),
+             timeout=300):
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": key}).json()
