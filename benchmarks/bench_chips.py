@@ -1,14 +1,17 @@
 """What face chips cost: bytes per chip on lfw-dev at several sizes and JPEG qualities,
 the time to cut and encode one, and what PostgreSQL stores per chip (row, TOAST, index).
 
-    python benchmarks/bench_chips.py [--limit N] [--store]
+    python benchmarks/bench_chips.py [--limit N] [--store] [--realign N]
 
 Every lfw-dev image is decoded and detected as enrollment does it (working resolution,
 MTCNN, faces ≥ 0.95); each face's chip is cut with `identity.faces.chips.make_chip`.
 With --store, the default configuration's chips are written to a throwaway embedded
 PostgreSQL through `Store.add_faces` (as enrollment writes them) and the table's total
 size (`pg_total_relation_size('face_chips')`, TOAST and primary key included) is divided
-by the number of chips.
+by the number of chips. With --realign N, N images spread over lfw-dev go through the full pipeline
+(default model) keeping chips, each face is re-aligned from its chip alone (chip pixels and
+chip landmarks, the model's own alignment) and embedded again, and the cosine similarity to
+the embedding enrollment stored is reported: is a chip enough to re-embed a face?
 """
 
 from __future__ import annotations
@@ -89,21 +92,53 @@ def stored_bytes(found: list[tuple], settings: Settings) -> dict:
             "table_gb_per_million": round(total / chips * 1e6 / 1e9, 2)}
 
 
+def realign(paths: list[Path], settings: Settings) -> dict:
+    import io
+
+    from PIL import Image
+
+    from identity.faces.align import align
+    from identity.faces.pipeline import FacePipeline
+    from identity.faces.types import DetectedFace
+
+    pipeline = FacePipeline(settings)
+    sims = []
+    for result in pipeline.process(paths, keep_chips=True):
+        for face in result.faces:
+            chip = face.chip
+            pixels = np.array(Image.open(io.BytesIO(chip.jpeg)).convert("RGB"))
+            k = chip.size / chip.region[2]
+            x, y = chip.region[:2]
+            box = tuple((v - o) * k for v, o in zip(face.box, (x, y, x, y)))
+            crop = align(pixels, DetectedFace(box, chip.landmarks, 1.0), method=pipeline.alignment,
+                         image_size=pipeline.spec.input_size, margin=settings.margin, template=pipeline.spec.template)
+            sims.append(float(np.dot(pipeline.embedder.embed(crop[None])[0], face.embedding)))
+    sims = np.asarray(sims)
+    return {"model": pipeline.model_name, "faces": len(sims), "mean_cosine": round(float(sims.mean()), 4),
+            "min_cosine": round(float(sims.min()), 4), "p05_cosine": round(float(np.percentile(sims, 5)), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--store", action="store_true")
+    parser.add_argument("--realign", type=int, default=0)
     args = parser.parse_args()
-    settings = Settings(device="cpu")
-    paths = sorted((SHARED / "data" / "lfw-dev").glob("*/*.jpg"))[: args.limit]
-    start = time.perf_counter()
-    found = detect_all(paths, settings)
-    print(json.dumps({"images": len(paths), "faces": len(found),
-                      "detect_seconds": round(time.perf_counter() - start, 1)}), flush=True)
-    for size, quality in CONFIGS:
-        print(json.dumps(measure(found, size, quality)), flush=True)
-    if args.store:
-        print(json.dumps({"store": stored_bytes(found, settings)}), flush=True)
+    settings = Settings(device="cpu", models_dir=SHARED / "models")
+    every = sorted((SHARED / "data" / "lfw-dev").glob("*/*.jpg"))
+    paths = every[: args.limit]
+    if paths:  # --limit 0: only --realign
+        start = time.perf_counter()
+        found = detect_all(paths, settings)
+        print(json.dumps({"images": len(paths), "faces": len(found),
+                          "detect_seconds": round(time.perf_counter() - start, 1)}), flush=True)
+        for size, quality in CONFIGS:
+            print(json.dumps(measure(found, size, quality)), flush=True)
+        if args.store:
+            print(json.dumps({"store": stored_bytes(found, settings)}), flush=True)
+    if args.realign:  # a sample spread over lfw-dev: every (len // N)-th image
+        sample = every[:: max(1, len(every) // args.realign)][: args.realign]
+        print(json.dumps({"realign": realign(sample, settings)}), flush=True)
 
 
 if __name__ == "__main__":

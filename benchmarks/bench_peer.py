@@ -22,9 +22,11 @@ processes the same images, all faces of each; they are run chunk by chunk, the o
 the configurations rotating from chunk to chunk, so all see the same machine load.
 
 With --lfw, each configuration's lfw-dev verification accuracy is measured too (View 1
-dev-train pairs, the central face of each image; ours through
-`identity.evaluate.runner.run_lfw`, the peer through the same pair scoring and metrics,
-with the same fallback for an image without a face: the median central box, cropped).
+dev-train pairs, 3,443 images, the central face of each; `identity evaluate lfw`'s pair
+scoring, metrics and fallback for an image without a face: the median central box,
+cropped). Ours detects once per model and detector and embeds each crop plain and
+mirrored: noflip = normalise(plain), flip = normalise(plain + mirrored), what the pipeline
+computes (as in benchmarks/bench_lfw.py).
 """
 
 from __future__ import annotations
@@ -61,13 +63,23 @@ DEFAULT_CONFIGS = (
 # --- the peer: InsightFace's code path, onnxruntime + OpenCV ------------------------------------
 
 
+def _quiet():
+    """Default session options (threads included), less the warning w600k_mbf.onnx prints on
+    every batch (its output is declared 1 x 512)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
 class PeerScrfd:
     """InsightFace's `SCRFD` (model_zoo/scrfd.py) for the 9-output, batched, keypoint model."""
 
     def __init__(self, path: Path, det_thresh: float = 0.5, input_size=(640, 640)) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), _quiet(), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.det_thresh, self.input_size, self.nms_thresh = det_thresh, input_size, 0.4
@@ -178,7 +190,7 @@ class PeerArcFace:
     def __init__(self, path: Path) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), _quiet(), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def get_feat(self, imgs: list[np.ndarray]) -> np.ndarray:

@@ -13,6 +13,11 @@ on the first `--naive-limit` images, and so is the pipeline on the very same ima
 the ratio, alternating chunk by chunk so both see the same machine load (this machine is
 shared and its load swings by minutes). The pipeline then also runs over all images,
 without and with flip (the default).
+
+Besides wall-clock time, each side's CPU time (the process's, all threads) is recorded:
+CPU-seconds per image do not depend on how the machine's other jobs and the two sides'
+threads happen to be scheduled, so their ratio is the part of the gain that holds on any
+machine of the kind; the wall-clock ratio adds what each side makes of two cores.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from identity.faces.pipeline import FacePipeline
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]:
+def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int, float]:
     from facenet_pytorch import MTCNN
     from facenet_pytorch.models.mtcnn import prewhiten
 
@@ -41,7 +46,7 @@ def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]
     faces = 0
     ours = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # torch's own default: what a tutorial loop gets
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         image = Image.open(path).convert("RGB")
         crop = mtcnn(image)
@@ -50,18 +55,20 @@ def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int]
         with torch.inference_mode():
             network(prewhiten(crop.float()).unsqueeze(0).to(next(network.parameters()).device))
         faces += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     torch.set_num_threads(ours)
-    return elapsed, faces
+    return elapsed, faces, cpu
 
 
-def pipeline_run(pipeline: FacePipeline, paths: list[Path], select: str) -> tuple[float, int, int]:
-    start = time.perf_counter()
+def pipeline_run(
+    pipeline: FacePipeline, paths: list[Path], select: str
+) -> tuple[float, int, int, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     faces = images = 0
     for result in pipeline.process(paths, select=select):
         images += result.ok
         faces += len(result.faces)
-    return time.perf_counter() - start, images, faces
+    return time.perf_counter() - start, images, faces, time.process_time() - cpu
 
 
 def main() -> None:
@@ -81,17 +88,21 @@ def main() -> None:
     list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
 
     # The same images, the same work (one face per image, no flip), interleaved.
-    naive_s = same_s = 0.0
+    load_start = os.getloadavg()
+    naive_s = same_s = naive_cpu = same_cpu = 0.0
     naive_faces = same_faces = 0
     for start in range(0, len(subset), args.chunk):
         chunk = subset[start : start + args.chunk]
-        seconds, faces = naive_loop(chunk, plain.embedder.network)
-        naive_s, naive_faces = naive_s + seconds, naive_faces + faces
-        seconds, _, faces = pipeline_run(plain, chunk, select="central")
-        same_s, same_faces = same_s + seconds, same_faces + faces
-    full_s, full_images, full_faces = pipeline_run(plain, paths, select="all")
+        seconds, faces, cpu = naive_loop(chunk, plain.embedder.network)
+        naive_s, naive_faces, naive_cpu = naive_s + seconds, naive_faces + faces, naive_cpu + cpu
+        seconds, _, faces, cpu = pipeline_run(plain, chunk, select="central")
+        same_s, same_faces, same_cpu = same_s + seconds, same_faces + faces, same_cpu + cpu
+        print(f"  {start + len(chunk)}/{len(subset)}: ratio so far {naive_s / same_s:.2f}, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    load_subset_end = os.getloadavg()
+    full_s, full_images, full_faces, _ = pipeline_run(plain, paths, select="all")
     flipped = FacePipeline(Settings(**base, flip=True))
-    flip_s, flip_images, flip_faces = pipeline_run(flipped, paths, select="all")
+    flip_s, flip_images, flip_faces, _ = pipeline_run(flipped, paths, select="all")
 
     figures = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -100,6 +111,12 @@ def main() -> None:
         "naive_images_per_s": len(subset) / naive_s,
         "pipeline_same_subset_images_per_s": len(subset) / same_s,
         "ratio_pipeline_over_naive": naive_s / same_s,
+        "naive_cpu_ms_per_image": 1000 * naive_cpu / len(subset),
+        "pipeline_cpu_ms_per_image": 1000 * same_cpu / len(subset),
+        "cpu_ratio_naive_over_pipeline": naive_cpu / same_cpu,
+        "load_average_start": load_start,
+        "load_average_after_subset": load_subset_end,
+        "load_average_end": os.getloadavg(),
         "naive_faces": naive_faces,
         "pipeline_subset_faces": same_faces,
         "all_images": len(paths),

@@ -103,7 +103,8 @@ class Settings(BaseSettings):
         "postmaster is alive, restarting it when it is not.")
     chips: bool = Field(
         True, description="Keep a small JPEG chip of every enrolled face (table face_chips, about "
-        "12 kB a face at the defaults: BENCHMARKS.md, 'Face chips'); false enrolls without them.")
+        "10 kB a face, 10 GB per million, at the defaults: BENCHMARKS.md, 'Face chips'); false "
+        "enrolls without them (`identity faces backfill-chips` adds them later).")
     chip_size: int = Field(224, ge=160, le=256, description="Chip side in pixels (the chip spans twice the face box).")
     chip_quality: int = Field(85, ge=50, le=95, description="Chip JPEG quality.")
 

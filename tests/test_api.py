@@ -308,6 +308,7 @@ def test_cluster_job_over_an_uploaded_collection(client, keys):
                           headers=auth(keys["read"])).json()
     job = wait_job(client, created["job_id"], keys["read"])
     assert job["status"] == "succeeded", job
+    assert job["items_done"] == job["total_items"] == 4 and job["progress"] == 1.0
     groups = sorted(sorted(Path(m["source"]).name.rsplit("_", 1)[0] for m in c) for c in job["result"]["clusters"])
     assert all(len(set(g)) == 1 for g in groups)  # no cluster mixes the two people
 
@@ -327,6 +328,7 @@ def test_cluster_job_over_the_stored_unassigned_faces(client, keys):
     assert created.status_code == 202, created.text
     job = wait_job(client, created.json()["job_id"], keys["read"])
     assert job["status"] == "succeeded", job
+    assert job["items_done"] == job["total_items"] >= 4  # the stored faces it clustered
     clustered = [m["face_id"] for c in job["result"]["clusters"] for m in c]
     assert set(clustered) | {m["face_id"] for m in job["result"]["unclustered"]} == set(face_person)
     for cluster in job["result"]["clusters"]:

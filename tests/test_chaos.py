@@ -159,7 +159,10 @@ def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest,
         "task_visibility_timeout": 6,
     })
     env = base_env(model_settings, IDENTITY_DATABASE_URL=url, IDENTITY_DATA_DIR=str(tmp_path / "data"),
-                   IDENTITY_BROKER_URL=redis_url, IDENTITY_TASK_VISIBILITY_TIMEOUT="6")
+                   IDENTITY_BROKER_URL=redis_url, IDENTITY_TASK_VISIBILITY_TIMEOUT="6",
+                   # Workers are killed on purpose here and the next one takes seconds to start:
+                   # the CLI must wait for it rather than give up on a lack of live workers.
+                   IDENTITY_WORKER_WAIT_SECONDS="300")
     rng = random.Random(SEED + 2)
     run = enroll(manifest, env, tmp_path / "run.csv")
     killed = 0

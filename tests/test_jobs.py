@@ -42,7 +42,7 @@ def test_an_owner_is_gone_when_its_pid_died_here_or_its_heartbeat_is_old():
     assert owner_gone(dead_owner(), 0.0, 60) == "its process exited"
     host, pid, node, _ = me.split(":")
     assert owner_gone(f"{host}:{pid}:{node}:0ther", 0.0, 60) is not None  # our pid, an earlier process
-    assert "not been heard from for 61 s" in owner_gone(f"elsewhere:1:0123456789ab:tok", 61.0, 60)
+    assert "not been heard from for 61 s" in owner_gone("elsewhere:1:0123456789ab:tok", 61.0, 60)
     assert owner_gone("elsewhere:1:0123456789ab:tok", 5.0, 60) is None  # another machine, still beating
 
 

@@ -30,7 +30,9 @@ def test_area_resize_is_interpolate_area_box_by_box():
                 expected.append(F.interpolate(region, size=(size, size), mode="area")[0])
             owners.append(b)
             tops.append(top), bottoms.append(bottom), lefts.append(left), rights.append(right)
-    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    def as_long(v):
+        return torch.tensor(v, dtype=torch.long)
+
     got = area_resize(summed_area_table(images), as_long(owners), as_long(tops), as_long(bottoms),
                       as_long(lefts), as_long(rights), 24)
     assert got.shape == (len(expected), 3, 24, 24)
@@ -96,7 +98,7 @@ def test_batched_stages_find_what_facenet_pytorch_finds(paths):
             np.testing.assert_allclose(boxes[k][order, 4], ref_b[ref_order, 4], atol=1e-4)
             np.testing.assert_allclose(points[k][order], ref_p[ref_order], atol=0.01)
             found += len(ref_b)
-    if "nonface" in str(paths[0]):
-        assert found == 0
-    else:
+    # Raw MTCNN output, before the pipeline's probability floor: a motorcycle wheel is a
+    # candidate here too, in both implementations.
+    if "nonface" not in str(paths[0]):
         assert found >= len(paths)

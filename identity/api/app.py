@@ -66,6 +66,8 @@ def _supervise_jobs(app: FastAPI) -> None:
             log.warning("api: job %s of a process that is gone: %s", job_id, outcome)
     except IdentityError as exc:
         log.error("api: could not look for abandoned jobs: %s", exc)
+    except Exception:  # serving must not depend on it; the sweep tries again
+        log.exception("api: could not look for abandoned jobs")
     if getattr(app.state, "job_supervisor", None) is None:
         app.state.job_supervisor = JobSupervisor(service)
         app.state.job_supervisor.start()

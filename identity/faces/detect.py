@@ -22,13 +22,13 @@ from facenet_pytorch import MTCNN
 from PIL import Image
 
 from identity.config import Settings
-from identity.vocabulary import FaceDetector
 from identity.faces.mtcnn import BatchedMTCNN
 from identity.faces.types import DetectedFace
+from identity.vocabulary import FaceDetector
 
 BUCKET = 64
-# Pixels (padded) per MTCNN call: 32 LFW-sized images, or 6 photos of 1600 x 1200. Larger
-# calls gain nothing (their ops are large already) and the working copies (float pixels,
+# Pixels (padded) per detector call: a whole batch of LFW-sized images, or 6 photos of
+# 1600 x 1200. Larger calls gain nothing (their ops are large already) and the working copies (float pixels,
 # summed-area table, P-Net's first feature maps) grow with them.
 MAX_BATCH_PIXELS = 12_000_000
 Selection = Literal["all", "largest", "central"]

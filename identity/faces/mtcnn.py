@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from facenet_pytorch.models.utils.detect_face import (
-    bbreg,
     batched_nms_numpy,
+    bbreg,
     fixed_batch_process,
     generateBoundingBox,
     imresample,
@@ -38,8 +38,8 @@ from facenet_pytorch.models.utils.detect_face import (
     rerec,
 )
 from torch import nn
-from torch.nn import functional as F
 from torchvision.ops.boxes import batched_nms
+
 
 class BatchedMTCNN:
     """`detect(images)` for N equal-sized H×W×3 uint8 images (a tensor on the networks'
@@ -228,7 +228,7 @@ def area_resize(
     each resized to size × size as `interpolate(mode="area")` (adaptive average pooling)
     does: K × C × size × size, channels-last in memory. `table`: the images' summed-area
     table (`summed_area_table`)."""
-    n, h1, w1, c = table.shape
+    h1, w1, c = table.shape[1:]
     k = len(image_inds)
     step = torch.arange(size, device=table.device)
     hb, wb = (bottom - top)[:, None], (right - left)[:, None]

@@ -196,6 +196,12 @@ class CeleryRunner:
         try:
             raw = result.get(timeout=wait, propagate=True)
         except CeleryTimeout:
+            # Nobody waits for this result any more: stop listening for it now, while the
+            # backend is reachable (a forgotten subscription is undone at garbage collection).
+            try:
+                result.backend.remove_pending_result(result)
+            except Exception:
+                pass
             return None  # the job row will have the outcomes
         return [ItemOutcome(**o) for o in raw]
 

@@ -19,9 +19,6 @@ from psycopg.rows import TupleRow
 from identity.errors import ConflictError
 from identity.store.types import AuditEntry, AuditPage
 
-ACTIONS = ("create", "rename", "update", "merge", "unmerge", "split", "move", "assign", "unassign",
-           "remove", "delete")
-
 _SELECT = ("SELECT id, action, person_id, external_id, persons, actor, details, undone_by, created_at "
            "FROM person_audit")
 

@@ -4,8 +4,9 @@ back by the API, the CLI and the backfill that gives older faces theirs.
 Chips live in PostgreSQL beside their faces, not in the data directory: they are
 written in the enrollment's transaction (a face never exists half-stored), deleted with
 their face (ON DELETE CASCADE), copied by the same backup, and any API replica can serve
-them. At the default 224 px and quality 85 a chip is about 12 kB (BENCHMARKS.md, "Face
-chips"), so a million faces add about 12 GB, which TOAST keeps out of the faces' pages.
+them. At the default 224 px and quality 85 a chip is about 9 kB of JPEG and 10 kB stored
+(BENCHMARKS.md, "Face chips"), so a million faces add about 10 GB, in a table of its own
+whose JPEGs TOAST keeps out of line.
 """
 
 from __future__ import annotations
