@@ -72,10 +72,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         64_000_000, description="Images declaring more pixels are refused (decompression-bomb guard)."
     )
-    alignment: Literal["crop", "similarity"] = Field(
-        "similarity",
-        description="'similarity': 5-landmark similarity transform (the default: best on lfw-dev, "
-        "BENCHMARKS.md); 'crop': facenet's margin crop.",
+    alignment: Literal["crop", "similarity"] | None = Field(
+        None,
+        description="Unset: the model's own (models/manifest.toml). 'similarity': 5-landmark similarity "
+        "transform onto the model's template; 'crop': facenet's margin crop.",
     )
     margin: int = Field(32, ge=0, description="Crop margin in output-crop pixels (facenet-pytorch semantics, scale-invariant).")
     flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
@@ -139,9 +139,9 @@ class Settings(BaseSettings):
     cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
         "hdbscan", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
     )
-    cluster_threshold: float = Field(
-        0.70, ge=-1.0, le=1.0, description="Cosine similarity at which two faces are linked "
-        "(HDBSCAN: the least similarity a face needs to a cluster-mate)."
+    cluster_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Unset: the model's calibrated floor. Cosine similarity at "
+        "which two faces are linked (HDBSCAN: the least similarity a face needs to a cluster-mate)."
     )
     cluster_min_samples: int = Field(1, ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")
     cluster_k: int = Field(20, ge=2, le=1000, description="Neighbours per face in the kNN graph.")

@@ -85,18 +85,18 @@ def _weights(settings: Settings) -> Check:
     """Every model whose weights are on disk is re-hashed in full (the registry's fast path
     trusts a recorded size/mtime); only the configured model's absence is a problem."""
     try:
-        from identity.faces import models as registry
+        from identity.faces import models
 
         facts = {}
         problem = None
-        for spec in registry.list_models():
-            path = registry.weight_path(spec, settings)
+        for spec in models.list_models():
+            path = models.weight_path(spec, settings)
             if not path.is_file():
                 facts[spec.name] = {"status": "missing", "path": str(path)}
                 if spec.name == settings.model:
-                    problem = f"{spec.name} (the configured model) is missing: run `identity models fetch {spec.name}`"
+                    problem = f"{spec.name} (the configured model) is missing: run `{models.fetch_command(spec)}`"
                 continue
-            digest = registry.sha256_file(path)
+            digest = models.sha256_file(path)
             expected = spec.weight_file.sha256
             status = "unpinned" if not expected else ("verified" if digest == expected else "corrupt")
             facts[spec.name] = {"status": status, "path": str(path), "sha256": digest}

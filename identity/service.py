@@ -19,7 +19,7 @@ import numpy as np
 
 from identity.config import Settings, get_settings
 from identity.errors import InputError, MultipleFacesError, NoFaceError
-from identity.faces import models as registry
+from identity.faces import models
 from identity.faces.detect import Detector, ScrfdDetector, Selection, make_detector
 from identity.faces.embed import resolve_device
 from identity.faces.pipeline import FacePipeline, as_ref, decode_or_error, to_full_resolution
@@ -192,7 +192,7 @@ class Service:
     def model_info(self) -> ModelInfo:
         from identity.store.types import ModelInfo
 
-        spec = registry.get_model(self.settings.model)
+        spec = models.get_model(self.settings.model)
         return ModelInfo(spec.name, spec.version, spec.dim)
 
     def close(self) -> None:
@@ -212,8 +212,8 @@ class Service:
         self.close()
 
     def thresholds(self) -> dict[str, float]:
-        spec = registry.get_model(self.settings.model)
-        return registry.load_thresholds(spec, self.settings)
+        spec = models.get_model(self.settings.model)
+        return models.load_thresholds(spec, self.settings)
 
     # --- vision ---------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ No database here (see test_index_mirror.py for the PostgreSQL-backed mirror)."""
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,9 +237,8 @@ def test_default_index_type_follows_the_size_and_memory_rule():
     assert default_ef_search(100_000) == 32 and 96 <= default_ef_search(1_000_000) <= 112
 
 
-def _budget(settings: Settings, mb: int) -> SimpleNamespace:
-    # index_memory_budget_mb is read with getattr: a settings object that has it.
-    return SimpleNamespace(**settings.model_dump(), index_memory_budget_mb=mb)
+def _budget(settings: Settings, mb: int) -> Settings:
+    return settings.model_copy(update={"index_memory_budget_mb": mb})
 
 
 def test_the_memory_budget_moves_the_choice_and_the_reason_says_why():

@@ -137,4 +137,10 @@ def calibrate(
         table.add_row(name, f"{lt.far:g}", f"{lt.similarity:.4f}", f"{lt.n_impostor:,}",
                       f"{lt.genuine_accept_rate:.4f}")
     out.print(table)
+    fit = getattr(report, "clustering", None)
+    if fit is not None:
+        out.print(f"clustering ({fit.algorithm}): floor {fit.floor}, merge {fit.merge_similarity}; "
+                  f"BCubed P {fit.bcubed_precision:.4f} R {fit.bcubed_recall:.4f} F1 {fit.bcubed_f1:.4f}"
+                  + ("" if fit.precision_met else f" (no setting reached precision {fit.min_precision})"),
+                  highlight=False)
     out.print(f"stored in {report.path}", highlight=False)

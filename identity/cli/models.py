@@ -15,17 +15,17 @@ app = typer.Typer(help="List and fetch embedding models.")
 @app.command("list")
 def models_list(as_json: JsonOption = False) -> None:
     """Known models, their dimension, whether the weights are present, and thresholds."""
-    from identity.faces import models as registry
+    from identity.faces import models
 
     cfg = settings()
     rows = []
-    for spec in registry.list_models():
-        status = registry.verify(spec, cfg)
+    for spec in models.list_models():
+        status = models.verify(spec, cfg)
         rows.append({
             "name": spec.name, "version": spec.version, "dim": spec.dim,
             "normalization": spec.normalization, "default": spec.name == cfg.model,
             "status": status.status, "detail": status.detail, "weights": str(status.path),
-            "thresholds": registry.load_thresholds(spec, cfg),
+            "thresholds": models.load_thresholds(spec, cfg),
             "license": {"summary": spec.license.summary, "commercial_use": spec.license.commercial_use,
                         "url": spec.license.url},
         })
@@ -55,7 +55,7 @@ def models_fetch(
         "(shown by `identity models list`); such a model is not fetched without it.")] = False,
 ) -> None:
     """Download a model's weights into IDENTITY_MODELS_DIR and verify their sha256."""
-    from identity.faces import models as registry
+    from identity.faces import models
 
-    path = registry.fetch(name, settings(), allow_unpinned=allow_unpinned, accept_license=accept_license)
+    path = models.fetch(name, settings(), allow_unpinned=allow_unpinned, accept_license=accept_license)
     out.print(f"{name}: {path}", highlight=False)
