@@ -80,6 +80,7 @@ class BatchedMTCNN:
         # Second stage: R-Net on every candidate's 24-px crop.
         if len(boxes) > 0:
             boxes, image_inds, crops = self._crops(table, boxes, image_inds, 24)
+        if len(boxes) > 0:
             out = fixed_batch_process((crops - 127.5) * 0.0078125, self.rnet)
             out0 = out[0].permute(1, 0)
             score = out[1].permute(1, 0)[1, :]
