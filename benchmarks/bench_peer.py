@@ -19,7 +19,10 @@ pixels to the network, so it is not used.) Both ONNX files come from the PyPI wh
 Ours is `FacePipeline.process` with the settings each configuration names
 (MODEL/DETECTOR/flip|noflip, e.g. `w600k-mbf-512/mtcnn/noflip`). Every configuration
 processes the same images, all faces of each; they are run chunk by chunk, the order of
-the configurations rotating from chunk to chunk, so all see the same machine load.
+the configurations rotating from chunk to chunk, so all see the same machine load. Each
+configuration's CPU time (process time, all threads) is recorded beside its wall-clock
+rate: CPU-ms per image is its compute, whatever the scheduling. `peer-1t` is the peer with
+onnxruntime single-threaded, whose CPU time has no spin-waiting in it.
 
 With --lfw, each configuration's lfw-dev verification accuracy is measured too (View 1
 dev-train pairs, 3,443 images, the central face of each; `identity evaluate lfw`'s pair
@@ -51,6 +54,7 @@ from identity.faces.types import DetectedFace
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PEER = "peer"
+PEER_1T = "peer-1t"  # the same, onnxruntime single-threaded: its compute without thread sync
 DEFAULT_CONFIGS = (
     PEER,
     "w600k-mbf-512/mtcnn/noflip",
@@ -63,23 +67,24 @@ DEFAULT_CONFIGS = (
 # --- the peer: InsightFace's code path, onnxruntime + OpenCV ------------------------------------
 
 
-def _quiet():
-    """Default session options (threads included), less the warning w600k_mbf.onnx prints on
-    every batch (its output is declared 1 x 512)."""
+def _quiet(threads: int = 0):
+    """Default session options (threads included: 0 is onnxruntime's default, one per core),
+    less the warning w600k_mbf.onnx prints on every batch (its output is declared 1 x 512)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     return options
 
 
 class PeerScrfd:
     """InsightFace's `SCRFD` (model_zoo/scrfd.py) for the 9-output, batched, keypoint model."""
 
-    def __init__(self, path: Path, det_thresh: float = 0.5, input_size=(640, 640)) -> None:
+    def __init__(self, path: Path, det_thresh: float = 0.5, input_size=(640, 640), threads: int = 0) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), _quiet(), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), _quiet(threads), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.det_thresh, self.input_size, self.nms_thresh = det_thresh, input_size, 0.4
@@ -187,10 +192,10 @@ def norm_crop(img: np.ndarray, landmark: np.ndarray, image_size: int = 112) -> n
 class PeerArcFace:
     """InsightFace's `ArcFaceONNX.get_feat` for w600k_mbf (mean 127.5, std 127.5)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), _quiet(), providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), _quiet(threads), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def get_feat(self, imgs: list[np.ndarray]) -> np.ndarray:
@@ -207,9 +212,9 @@ class PeerFace:
 
 
 class Peer:
-    def __init__(self, scrfd_path: Path, w600k_path: Path, det_thresh: float) -> None:
-        self.detector = PeerScrfd(scrfd_path, det_thresh)
-        self.recognizer = PeerArcFace(w600k_path)
+    def __init__(self, scrfd_path: Path, w600k_path: Path, det_thresh: float, threads: int = 0) -> None:
+        self.detector = PeerScrfd(scrfd_path, det_thresh, threads=threads)
+        self.recognizer = PeerArcFace(w600k_path, threads=threads)
 
     def faces(self, path: Path) -> tuple[np.ndarray, list[PeerFace]]:
         import cv2
@@ -238,8 +243,8 @@ def parse_config(name: str) -> dict:
     return {"model": model, "detector": detector, "flip": flip == "flip"}
 
 
-def run_chunk(runner, paths: list[Path]) -> tuple[float, int, int]:
-    start = time.perf_counter()
+def run_chunk(runner, paths: list[Path]) -> tuple[float, int, int, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     images = faces = 0
     if isinstance(runner, Peer):
         for path in paths:
@@ -250,7 +255,7 @@ def run_chunk(runner, paths: list[Path]) -> tuple[float, int, int]:
         for result in runner.process(paths, select="all"):
             images += result.ok
             faces += len(result.faces)
-    return time.perf_counter() - start, images, faces
+    return time.perf_counter() - start, images, faces, time.process_time() - cpu
 
 
 def peer_lfw(peer: Peer, image_dir: Path, pairs_file: Path, half: int | None = None) -> dict:
@@ -371,8 +376,9 @@ def main() -> None:
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     runners: dict[str, object] = {}
     for name in names:
-        if name == PEER:
-            runners[name] = Peer(scrfd_path, args.models_dir / "w600k_mbf.onnx", args.peer_threshold)
+        if name in (PEER, PEER_1T):
+            runners[name] = Peer(scrfd_path, args.models_dir / "w600k_mbf.onnx", args.peer_threshold,
+                                 threads=1 if name == PEER_1T else 0)
         else:
             runners[name] = FacePipeline(Settings(models_dir=args.models_dir, cache_dir=args.scrfd_dir,
                                                   device="auto", **parse_config(name)))
@@ -388,20 +394,19 @@ def main() -> None:
         "configs": {},
     }
     if not args.no_throughput:
-        totals = {name: [0.0, 0, 0] for name in names}
+        totals = {name: [0.0, 0, 0, 0.0] for name in names}
         for k, start in enumerate(range(0, len(paths), args.chunk)):
             chunk = paths[start : start + args.chunk]
             order = names[k % len(names):] + names[: k % len(names)]
             for name in order:
-                seconds, images, faces = run_chunk(runners[name], chunk)
-                totals[name][0] += seconds
-                totals[name][1] += images
-                totals[name][2] += faces
+                for i, value in enumerate(run_chunk(runners[name], chunk)):
+                    totals[name][i] += value
             print(f"  {start + len(chunk)}/{len(paths)} images, load {os.getloadavg()[0]:.1f}", flush=True)
         peer_rate = totals[PEER][1] / totals[PEER][0] if PEER in totals else None
-        for name, (seconds, images, faces) in totals.items():
+        for name, (seconds, images, faces, cpu) in totals.items():
             entry = {"seconds": seconds, "images": images, "faces": faces,
-                     "images_per_s": images / seconds, "faces_per_s": faces / seconds}
+                     "images_per_s": images / seconds, "faces_per_s": faces / seconds,
+                     "cpu_ms_per_image": 1000 * cpu / images}
             if peer_rate:
                 entry["speed_over_peer"] = entry["images_per_s"] / peer_rate
             figures["configs"][name] = entry
@@ -411,6 +416,8 @@ def main() -> None:
         done: dict[tuple[str, str], dict[bool, dict]] = {}  # flip and noflip share a pass
         for name, runner in runners.items():
             t0 = time.perf_counter()
+            if name == PEER_1T:
+                continue  # the same detections and embeddings as the peer's
             if isinstance(runner, Peer):
                 result = peer_lfw(runner, args.data, pairs, args.per_fold_half)
             else:

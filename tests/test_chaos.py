@@ -1,7 +1,8 @@
 """Chaos: SIGKILL at seeded random points of real enrollments, then the invariants.
 
-Kill points (seeded, so a failure replays): the `identity enroll` process, the embedded
-PostgreSQL server under it, and a Celery worker in the middle of its batches. After each
+Kill points (seeded, so a failure replays; 20 in all): the `identity enroll` process, the
+embedded PostgreSQL server under it, a Celery worker in the middle of its batches, and
+`identity serve` during a directory job. After each
 scenario the same enrollment runs to the end, and then:
 - every photo with one face is enrolled exactly once (no photo lost, none twice);
 - no image row is duplicated or left without its face;
@@ -203,3 +204,63 @@ def stop_embedded(data: Path) -> None:
     from identity.store.embedded import stop_server
 
     stop_server(data / "pgdata")
+
+
+def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
+        manifest, store, store_settings, model_settings, tmp_path):
+    from test_serve import Serve, serve_env
+
+    view = tmp_path / "allowed" / "people"
+    with manifest.open() as handle:
+        for row in csv.DictReader(handle):
+            folder = view / row["person"]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / Path(row["path"]).name).symlink_to(row["path"])
+    env = serve_env(store_settings.data_dir, database_url=store_settings.database_url,
+                    models_dir=str(model_settings.models_dir), cache_dir=str(model_settings.cache_dir),
+                    device="cpu", allowed_roots=[str(tmp_path / "allowed"), str(LFW_DIR)], job_batch_size=4,
+                    job_max_resumes=10)  # the default (3) rightly gives up on a job killed this often
+    _, secret = store_key(store)
+    headers = {"X-API-Key": secret}
+    url = str(store_settings.database_url)
+    rng = random.Random(SEED + 3)
+    job_id, killed = None, 0
+    for n, point in enumerate(kill_points(rng, 4, 1, 36)):
+        serve = Serve(env, tmp_path / f"serve-{n}.log")
+        try:
+            serve.wait(lambda: serve.get("/readyz").status_code == 200, timeout=600, what="readiness")
+            if job_id is None:
+                created = serve.http.post("/v1/jobs/enroll/directory", headers=headers,
+                                          json={"directory": str(view)})
+                assert created.status_code == 202, created.text
+                job_id = created.json()["job_id"]
+            if wait_until(lambda: faces_in(url) >= point, 300, serve.proc):
+                time.sleep(rng.uniform(0.0, 0.5))
+                killed += 1
+        finally:
+            serve.kill()  # SIGKILL of the whole process group, mid-job or not
+    last = Serve(env, tmp_path / "serve-last.log")
+    try:
+        job = last.wait(lambda: (j := last.get(f"/v1/jobs/{job_id}", headers=headers).json())["status"]
+                        in ("succeeded", "failed") and j, timeout=900, what="the resumed job")
+    finally:
+        last.kill()
+    assert killed >= 3
+    assert job["status"] == "succeeded", job
+    with psycopg.connect(url) as conn:
+        running = conn.execute("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+        faces, images, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT image_id), (SELECT count(DISTINCT sha256) FROM images) FROM faces"
+        ).fetchone()
+    assert running == 0
+    assert faces == images == distinct == job["counts"].get("enrolled", 0) + job["counts"].get("already_present", 0)
+    cli_env = base_env(model_settings, IDENTITY_DATABASE_URL=url, IDENTITY_DATA_DIR=str(tmp_path / "cli"))
+    status = subprocess.run([sys.executable, "-m", "identity.cli", "index", "status", "--json"], env=cli_env,
+                            capture_output=True, text=True, timeout=600)
+    assert json.loads(status.stdout)["count"] == faces
+
+
+def store_key(store) -> tuple[str, str]:
+    from identity.store.keys import create_key
+
+    return create_key(store, "chaos", ["enroll"])
