@@ -15,9 +15,11 @@ shared and its load swings by minutes). The pipeline then also runs over all ima
 without and with flip (the default).
 
 Besides wall-clock time, each side's CPU time (the process's, all threads) is recorded:
-CPU-seconds per image do not depend on how the machine's other jobs and the two sides'
-threads happen to be scheduled, so their ratio is the part of the gain that holds on any
-machine of the kind; the wall-clock ratio adds what each side makes of two cores.
+the naive loop's includes what its two threads burn waiting for each other (OpenMP spins),
+which grows with the machine's load. With --single-threaded-naive the naive loop also
+runs with one torch thread: no thread synchronisation at all, so its CPU time is its bare
+compute, and its ratio to the pipeline's CPU time is the part of the gain that does not
+depend on scheduling.
 """
 
 from __future__ import annotations
@@ -38,14 +40,17 @@ from identity.faces.pipeline import FacePipeline
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def naive_loop(paths: list[Path], network: torch.nn.Module) -> tuple[float, int, float]:
+def naive_loop(
+    paths: list[Path], network: torch.nn.Module, threads: int | None = None
+) -> tuple[float, int, float]:
     from facenet_pytorch import MTCNN
     from facenet_pytorch.models.mtcnn import prewhiten
 
     mtcnn = MTCNN(image_size=160, margin=32, post_process=False, device=next(network.parameters()).device)
     faces = 0
     ours = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # torch's own default: what a tutorial loop gets
+    # torch's own default (all cores) is what a tutorial loop gets.
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         image = Image.open(path).convert("RGB")
@@ -78,6 +83,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="images for the full pipeline run")
     parser.add_argument("--naive-limit", type=int, default=400)
     parser.add_argument("--chunk", type=int, default=128, help="images per alternation")
+    parser.add_argument("--single-threaded-naive", action="store_true",
+                        help="also the naive loop with one torch thread (its compute, no thread sync)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -89,12 +96,15 @@ def main() -> None:
 
     # The same images, the same work (one face per image, no flip), interleaved.
     load_start = os.getloadavg()
-    naive_s = same_s = naive_cpu = same_cpu = 0.0
+    naive_s = same_s = naive_cpu = same_cpu = single_s = single_cpu = 0.0
     naive_faces = same_faces = 0
     for start in range(0, len(subset), args.chunk):
         chunk = subset[start : start + args.chunk]
         seconds, faces, cpu = naive_loop(chunk, plain.embedder.network)
         naive_s, naive_faces, naive_cpu = naive_s + seconds, naive_faces + faces, naive_cpu + cpu
+        if args.single_threaded_naive:
+            seconds, _, cpu = naive_loop(chunk, plain.embedder.network, threads=1)
+            single_s, single_cpu = single_s + seconds, single_cpu + cpu
         seconds, _, faces, cpu = pipeline_run(plain, chunk, select="central")
         same_s, same_faces, same_cpu = same_s + seconds, same_faces + faces, same_cpu + cpu
         print(f"  {start + len(chunk)}/{len(subset)}: ratio so far {naive_s / same_s:.2f}, "
@@ -114,6 +124,11 @@ def main() -> None:
         "naive_cpu_ms_per_image": 1000 * naive_cpu / len(subset),
         "pipeline_cpu_ms_per_image": 1000 * same_cpu / len(subset),
         "cpu_ratio_naive_over_pipeline": naive_cpu / same_cpu,
+        **({"naive_1thread_images_per_s": len(subset) / single_s,
+            "naive_1thread_cpu_ms_per_image": 1000 * single_cpu / len(subset),
+            "ratio_pipeline_over_naive_1thread": single_s / same_s,
+            "cpu_ratio_naive_1thread_over_pipeline": single_cpu / same_cpu}
+           if args.single_threaded_naive else {}),
         "load_average_start": load_start,
         "load_average_after_subset": load_subset_end,
         "load_average_end": os.getloadavg(),

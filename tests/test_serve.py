@@ -22,6 +22,9 @@ from identity.store import jobs as job_store
 from identity.store.keys import create_key
 from identity.store.testing import server_directory
 
+# Each test starts whole `identity serve` processes: the full suite, not the fast tier.
+pytestmark = pytest.mark.slow
+
 
 class Serve:
     """One `identity serve` process in its own session (so it can be killed whole)."""
