@@ -342,6 +342,12 @@ def ours_lfw(
     for flip in (False, True):
         emb = plain + mirrored if flip else plain
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        if flip == settings.flip:  # the factorisation reproduces FacePipeline.process
+            first = [i for i in range(len(paths)) if detected[i]][:16]
+            theirs = np.stack([r.faces[0].embedding for r in
+                               pipeline.process([str(paths[i]) for i in first], select="central")])
+            diff = float(np.abs(emb[first] - theirs).max())
+            assert diff < 1e-4, f"factorised embeddings differ from FacePipeline.process by {diff}"
         embedded = EmbeddedImages(list(paths), emb, detected, np.zeros((len(paths), 4)),
                                   np.zeros(len(paths)), seconds)
         m, _ = verification_metrics(score_pairs(pairs, embedded), pairs.labels, pairs.folds)

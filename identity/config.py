@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, description="Images per detection batch and crops per embedding batch.")
     decode_workers: int = Field(2, ge=0, description="Threads decoding images ahead of the model.")
     detect_workers: int = Field(
-        2, ge=0, description="Threads detecting the next batches while the current one is embedded.")
+        2, ge=0, description="Threads each taking whole batches through detection and embedding, side by side.")
     torch_threads: int | None = Field(
         None, ge=1, description="Torch threads per op; default on CPU: half the cores (the "
         "detection and embedding stages run concurrently).")

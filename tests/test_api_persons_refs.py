@@ -161,6 +161,7 @@ def test_responses_that_act_on_a_person_name_its_id_and_external_id(api):
     assert (deleted["person_id"], deleted["external_id"]) == (keep["id"], "keep")
 
 
+@pytest.mark.slow  # runs the CLI as subprocesses
 def test_the_cli_reads_references_by_the_same_rule(store, store_env):
     person = store.create_person("cli-person")
     with store.connection() as conn:  # a legacy digit external id naming another person's id

@@ -29,12 +29,12 @@ from conftest import LFW_DIR, MODELS_DIR, ROOT
 from test_workers import Worker
 
 SEED = int(os.environ.get("IDENTITY_CHAOS_SEED", "20261130"))
-PHOTOS = 48
+PHOTOS = 32
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    """48 lfw-dev photos, one per line, each of its folder's person."""
+    """32 lfw-dev photos, one per line, each of its folder's person."""
     people = sorted(p for p in LFW_DIR.iterdir() if p.is_dir())
     photos = [img for person in people[40:400] for img in sorted(person.glob("*.jpg"))][:PHOTOS]
     path = tmp_path_factory.mktemp("chaos") / "manifest.csv"
@@ -112,7 +112,7 @@ def test_killing_the_cli_at_random_points_loses_and_duplicates_nothing(manifest,
     url = pg_server.new_database("chaos_cli")
     env = base_env(model_settings, IDENTITY_DATABASE_URL=url, IDENTITY_DATA_DIR=str(tmp_path / "data"))
     rng = random.Random(SEED)
-    points = kill_points(rng, 8, 1, 36)
+    points = kill_points(rng, 8, 1, 24)
     for n, point in enumerate(points):
         run = enroll(manifest, env, tmp_path / f"run{n}.csv")
         reached = wait_until(lambda: faces_in(url) >= point, 300, run)
@@ -132,7 +132,7 @@ def test_killing_the_embedded_postgresql_under_the_cli_loses_and_duplicates_noth
     rng = random.Random(SEED + 1)
     pidfile = data / "pgdata" / "postmaster.pid"
     killed = 0
-    for n, point in enumerate(kill_points(rng, 4, 1, 36)):
+    for n, point in enumerate(kill_points(rng, 4, 1, 24)):
         run = enroll(manifest, env, tmp_path / f"run{n}.csv")
 
         def enough() -> bool:
@@ -167,7 +167,7 @@ def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest,
     rng = random.Random(SEED + 2)
     run = enroll(manifest, env, tmp_path / "run.csv")
     killed = 0
-    for point in kill_points(rng, 4, 1, 36):
+    for point in kill_points(rng, 4, 1, 24):
         worker = Worker(settings, tmp_path)
         if wait_until(lambda: faces_in(url) >= point, 300) and worker.busy() > 0:
             worker.kill()
@@ -225,7 +225,7 @@ def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
     url = str(store_settings.database_url)
     rng = random.Random(SEED + 3)
     job_id, killed = None, 0
-    for n, point in enumerate(kill_points(rng, 4, 1, 36)):
+    for n, point in enumerate(kill_points(rng, 4, 1, 24)):
         serve = Serve(env, tmp_path / f"serve-{n}.log")
         try:
             serve.wait(lambda: serve.get("/readyz").status_code == 200, timeout=600, what="readiness")

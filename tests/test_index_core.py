@@ -336,6 +336,7 @@ def test_snapshot_directory_is_per_model_and_safe_for_any_name(tmp_path):
 # --- the synthetic benchmark data ---------------------------------------------------
 
 
+@pytest.mark.slow  # generates large synthetic sets
 @pytest.mark.parametrize("dim", [128, 512])
 def test_synthetic_faces_reproduce_the_target_similarity_distributions(dim):
     target = SimilarityTarget(0.65, 0.11, 0.03, 0.08)

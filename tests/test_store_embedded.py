@@ -90,6 +90,7 @@ def test_a_killed_process_does_not_keep_the_server_alive_forever(data_dir):
     assert not server_running(data_dir)
 
 
+@pytest.mark.slow  # starts several processes on a fresh server
 def test_processes_starting_together_on_a_fresh_data_dir_all_open_it():
     """Seen: two processes on a fresh data dir crashed one of them in 4 of 6 trials
     (UniqueViolation on pg_database_datname_index). Three at a time, twice (without the
