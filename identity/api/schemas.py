@@ -177,10 +177,7 @@ class JobSummary(BaseModel):
 
     @classmethod
     def of(cls, job) -> JobSummary:
-        return cls(id=job.id, kind=job.kind, status=job.status, total_items=job.total_items,
-                   items_done=job.items_done, total_batches=job.total_batches,
-                   batches_done=job.batches_done, error=job.error, resumes=job.resumes,
-                   created_at=job.created_at, finished_at=job.finished_at)
+        return cls.model_validate(job, from_attributes=True)
 
 
 class JobList(BaseModel):
@@ -188,22 +185,13 @@ class JobList(BaseModel):
     next: str | None = Field(None, description="Pass as `after` for the next page; null on the last")
 
 
-class JobOut(BaseModel):
-    id: str
-    kind: JobKind
-    status: JobStatus
-    total_items: int
-    items_done: int
-    total_batches: int
-    batches_done: int
+class JobOut(JobSummary):
+    """A job with its progress, outcome counts, per-file outcomes and result."""
+
     progress: float
     counts: dict[str, int]
     outcomes: list[dict[str, Any]]
     result: dict[str, Any] | None
-    error: str | None
-    resumes: int = Field(0, description="Times the job was taken over after its process died")
-    created_at: datetime | None
-    finished_at: datetime | None
 
     @classmethod
     def of(cls, job) -> JobOut:
@@ -213,11 +201,8 @@ class JobOut(BaseModel):
             progress = 1.0
         else:  # clustering counts its photos (or faces) only when it is done
             progress = 0.0
-        return cls(id=job.id, kind=job.kind, status=job.status, total_items=job.total_items,
-                   items_done=job.items_done, total_batches=job.total_batches,
-                   batches_done=job.batches_done, progress=round(min(progress, 1.0), 4),
-                   counts=job.counts, outcomes=job.outcomes, result=job.result, error=job.error,
-                   resumes=job.resumes, created_at=job.created_at, finished_at=job.finished_at)
+        return cls(**JobSummary.of(job).model_dump(), progress=round(min(progress, 1.0), 4),
+                   counts=job.counts, outcomes=job.outcomes, result=job.result)
 
 
 class ReadyOut(BaseModel):

@@ -47,13 +47,19 @@ def current_key(
     return key
 
 
-def require(scope: str):
-    """A dependency admitting keys whose scopes include `scope` (admin ⊇ enroll ⊇ read)."""
+def scope_check(scope: str, key_dependency, *, name: str, whose: str):
+    """A dependency admitting the keys `key_dependency` yields whose scopes include `scope`
+    (admin ⊇ enroll ⊇ read); the API and the console differ only in where the key comes from."""
 
-    def check(key: ApiKey = Depends(current_key)) -> ApiKey:
+    def check(key: ApiKey = Depends(key_dependency)) -> ApiKey:
         if scope not in key.granted:
-            raise PermissionDeniedError(f"this API key lacks the '{scope}' scope")
+            raise PermissionDeniedError(f"{whose} API key lacks the '{scope}' scope")
         return key
 
-    check.__name__ = f"require_{scope}"
+    check.__name__ = name
     return check
+
+
+def require(scope: str):
+    """The API's scope check, on the key from the request's headers."""
+    return scope_check(scope, current_key, name=f"require_{scope}", whose="this")

@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from identity.api.deps import actor  # noqa: F401 - the audit log names a console action as an API call
+from identity.api.security import scope_check
 from identity.errors import AuthenticationError, IdentityError, PermissionDeniedError
 from identity.service import Service
 from identity.store.keys import ApiKey
@@ -115,13 +116,8 @@ def signed_in(request: Request) -> ApiKey:
 
 
 def allowed(scope: str):
-    def check(key: ApiKey = Depends(signed_in)) -> ApiKey:
-        if scope not in key.granted:
-            raise PermissionDeniedError(f"your API key lacks the '{scope}' scope")
-        return key
-
-    check.__name__ = f"console_{scope}"
-    return check
+    """The console's scope check, on the key from the sign-in cookie."""
+    return scope_check(scope, signed_in, name=f"console_{scope}", whose="your")
 
 
 def service_of(request: Request) -> Service:
