@@ -56,7 +56,7 @@ def fill_store(settings, n_identities: int, per_identity: int) -> np.ndarray:
     from identity.faces.types import Face, ImageResult
     from identity.store import FacesToAdd, ModelInfo, Store
 
-    spec = models.get_model(settings.model)
+    spec = models.get_model(settings.pipeline.model)
     model = ModelInfo(spec.name, spec.version, spec.dim)
     gen = FaceLikeGenerator.calibrated(dim=spec.dim, target=load_target(), seed=0)
     vectors, labels = gen.faces(n_identities, per_identity)
@@ -79,7 +79,7 @@ def fill_store(settings, n_identities: int, per_identity: int) -> np.ndarray:
 def env_for(settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDENTITY_")}
     env.update({
-        "IDENTITY_DATABASE_URL": settings.database_url, "IDENTITY_DATA_DIR": str(settings.data_dir),
+        "IDENTITY_DATABASE_URL": settings.store.database_url, "IDENTITY_DATA_DIR": str(settings.data_dir),
         "IDENTITY_MODELS_DIR": str(MODELS), "IDENTITY_CACHE_DIR": str(CACHE), "IDENTITY_DEVICE": "cpu",
         "PYTHONPATH": str(ROOT), **extra,
     })

@@ -38,8 +38,8 @@ def detect_all(paths: list[Path], settings: Settings) -> list[tuple]:
     detector = Detector(settings)
     found = []
     for start in range(0, len(paths), 32):
-        images = [decode_image(p.read_bytes(), source=str(p), max_pixels=settings.max_image_pixels,
-                               max_side=settings.detect_max_side) for p in paths[start:start + 32]]
+        images = [decode_image(p.read_bytes(), source=str(p), max_pixels=settings.pipeline.max_image_pixels,
+                               max_side=settings.pipeline.detect_max_side) for p in paths[start:start + 32]]
         for image, faces in zip(images, detector.detect([i.pixels for i in images])):
             found += [(image, face) for face in faces]
     return found
@@ -78,7 +78,7 @@ def stored_bytes(found: list[tuple], settings: Settings) -> dict:
         server = PgTestServer.start(directory)
         try:
             url = server.new_database("chips")
-            with Store.open(settings.model_copy(update={"database_url": url})) as store:
+            with Store.open(settings.replace(**{"database_url": url})) as store:
                 for start in range(0, len(items), 256):
                     store.add_faces(items[start:start + 256], model=model)
                 with store.connection() as conn:
@@ -111,7 +111,7 @@ def realign(paths: list[Path], settings: Settings) -> dict:
             x, y = chip.region[:2]
             box = tuple((v - o) * k for v, o in zip(face.box, (x, y, x, y)))
             crop = align(pixels, DetectedFace(box, chip.landmarks, 1.0), method=pipeline.alignment,
-                         image_size=pipeline.spec.input_size, margin=settings.margin, template=pipeline.spec.template)
+                         image_size=pipeline.spec.input_size, margin=settings.pipeline.margin, template=pipeline.spec.template)
             sims.append(float(np.dot(pipeline.embedder.embed(crop[None])[0], face.embedding)))
     sims = np.asarray(sims)
     return {"model": pipeline.model_name, "faces": len(sims), "mean_cosine": round(float(sims.mean()), 4),

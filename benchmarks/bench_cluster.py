@@ -236,10 +236,10 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("embed")
     p.add_argument("--force", action="store_true")
-    p.add_argument("--model", default=Settings().model)
+    p.add_argument("--model", default=Settings().pipeline.model)
     p.set_defaults(func=embed)
     p = sub.add_parser("quality")
-    p.add_argument("--model", default=Settings().model)
+    p.add_argument("--model", default=Settings().pipeline.model)
     p.set_defaults(func=quality)
     p = sub.add_parser("scale")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])

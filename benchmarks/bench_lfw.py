@@ -101,7 +101,7 @@ def crops_for(
     method: str,
     faces: list[tuple[int, DetectedFace | None]],
 ) -> np.ndarray:
-    size, margin = pipeline.spec.input_size, pipeline.settings.margin
+    size, margin = pipeline.spec.input_size, pipeline.settings.pipeline.margin
     rel = fallback_box(det)
     out = np.zeros((len(faces), size, size, 3), np.uint8)
     for k, (i, face) in enumerate(faces):
@@ -152,7 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", default=Settings().model, help="a model of models/manifest.toml")
+    ap.add_argument("--model", default=Settings().pipeline.model, help="a model of models/manifest.toml")
     ap.add_argument("--dir", type=Path, default=ROOT.parent / "shared/data/lfw-dev")
     ap.add_argument(
         "--pairs", type=Path, default=ROOT.parent / "shared/data/lfw-dev/pairsDevTrain.txt"
@@ -192,7 +192,7 @@ def main() -> None:
         normalization=pipeline.spec.normalization,
         device="cpu",
         flip=False,
-        batch_size=settings.batch_size,
+        batch_size=settings.pipeline.batch_size,
         normalize=False,
     )
 
@@ -204,7 +204,7 @@ def main() -> None:
         paths = [p for p in paths if p in keep]
     print(f"{len(paths)} images, {len(pairs)} pairs", flush=True)
 
-    det = detect_all(pipeline, paths, settings.batch_size)
+    det = detect_all(pipeline, paths, settings.pipeline.batch_size)
     detected = np.array([f is not None for f in det.central])
     print(f"detection {det.seconds:.1f}s, no face in {int((~detected).sum())}", flush=True)
     max_diff = check_factorisation(pipeline, det, plain_embedder)
@@ -221,7 +221,7 @@ def main() -> None:
                     "version": pipeline.model_version,
                     "dim": pipeline.dim,
                     "alignment": str(pipeline.alignment),
-                    "flip": settings.flip,
+                    "flip": settings.pipeline.flip,
                     "pairs": str(args.pairs.name),
                     "same": default["same_similarity"],
                     "different": default["different_similarity"],
@@ -229,7 +229,7 @@ def main() -> None:
                 ROOT / "benchmarks" / "lfw_similarity_stats.json",
             )
         plain, mirrored, *_ = per_method[pipeline.alignment]
-        emb = normalise(plain + mirrored) if settings.flip else normalise(plain)
+        emb = normalise(plain + mirrored) if settings.pipeline.flip else normalise(plain)
         write_all_faces(
             pipeline, det, labels, pipeline.alignment, plain_embedder, emb, out / "lfw_dev_embeddings.npz"
         )
@@ -392,7 +392,7 @@ def write_all_faces(
         plain, mirrored, _ = plain_and_mirrored(
             embedder, crops_for(pipeline, det, method, [rows[k] for k in others])
         )
-        emb[others] = normalise(plain + mirrored) if pipeline.settings.flip else normalise(plain)
+        emb[others] = normalise(plain + mirrored) if pipeline.settings.pipeline.flip else normalise(plain)
     inv = np.array([1.0 / det.scales[i] for i, _ in rows], np.float32)[:, None]
     np.savez_compressed(
         path,

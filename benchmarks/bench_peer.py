@@ -312,13 +312,13 @@ def ours_lfw(
     spec, settings = pipeline.spec, pipeline.settings
     raw = Embedder(pipeline.embedder.network, dim=spec.dim, input_size=spec.input_size,
                    normalization=spec.normalization, device=pipeline.device, flip=False,
-                   batch_size=settings.batch_size, normalize=False)
+                   batch_size=settings.pipeline.batch_size, normalize=False)
     start = time.perf_counter()
     crops = np.zeros((len(paths), spec.input_size, spec.input_size, 3), np.uint8)
     detected = np.zeros(len(paths), bool)
     relative, missing = [], []
-    for first in range(0, len(paths), settings.batch_size):
-        batch = paths[first : first + settings.batch_size]
+    for first in range(0, len(paths), settings.pipeline.batch_size):
+        batch = paths[first : first + settings.pipeline.batch_size]
         images = [pipeline.decode(str(p)).pixels for p in batch]
         for k, (pixels, faces) in enumerate(zip(images, pipeline.detector.detect(images))):
             i = first + k
@@ -326,7 +326,7 @@ def ours_lfw(
             h, w = pixels.shape[:2]
             if chosen:
                 crops[i] = align(pixels, chosen[0], method=pipeline.alignment, image_size=spec.input_size,
-                                 margin=settings.margin, template=spec.template)
+                                 margin=settings.pipeline.margin, template=spec.template)
                 detected[i] = True
                 relative.append(np.array(chosen[0].box) / [w, h, w, h])
             else:
@@ -334,7 +334,7 @@ def ours_lfw(
     box = np.median(relative, axis=0)
     for i, pixels in missing:  # the runner's fallback: the median central box, cropped
         h, w = pixels.shape[:2]
-        crops[i] = crop(pixels, tuple(box * [w, h, w, h]), image_size=spec.input_size, margin=settings.margin)
+        crops[i] = crop(pixels, tuple(box * [w, h, w, h]), image_size=spec.input_size, margin=settings.pipeline.margin)
     plain = raw.embed(crops)
     mirrored = raw.embed(np.ascontiguousarray(crops[:, :, ::-1]))
     seconds = time.perf_counter() - start
@@ -342,7 +342,7 @@ def ours_lfw(
     for flip in (False, True):
         emb = plain + mirrored if flip else plain
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-        if flip == settings.flip:  # the factorisation reproduces FacePipeline.process
+        if flip == settings.pipeline.flip:  # the factorisation reproduces FacePipeline.process
             first = [i for i in range(len(paths)) if detected[i]][:16]
             theirs = np.stack([r.faces[0].embedding for r in
                                pipeline.process([str(paths[i]) for i in first], select="central")])

@@ -49,12 +49,12 @@ def _chips_for_image(rows: list[tuple], settings: Settings) -> tuple[list[tuple[
         data = read_bytes(source)
         if hashlib.sha256(data).hexdigest() != sha256:
             return [], "the file changed since it was enrolled (sha256 differs)", "changed"
-        image = decode_image(data, source=source, max_pixels=settings.max_image_pixels,
-                             max_side=settings.detect_max_side)
+        image = decode_image(data, source=source, max_pixels=settings.pipeline.max_image_pixels,
+                             max_side=settings.pipeline.detect_max_side)
     except InputError as exc:
         return [], exc.message, "unreadable"
     return [(face_id, chip_from_photo(image.pixels, image.scale, box, landmarks,
-                                      size=settings.chip_size, quality=settings.chip_quality))
+                                      size=settings.store.chip_size, quality=settings.store.chip_quality))
             for _, _, _, face_id, box, landmarks in rows], None, ""
 
 
@@ -63,7 +63,7 @@ def backfill(store: Store, settings: Settings, *,
     summary = BackfillSummary()
     start = time.perf_counter()
     after = 0
-    with ThreadPoolExecutor(max_workers=max(1, settings.decode_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, settings.pipeline.decode_workers)) as pool:
         while rows := store.faces_without_chips(after_image=after, images=_IMAGES_PER_PAGE):
             photos = [list(group) for _, group in groupby(rows, key=lambda r: r[0])]
             after = photos[-1][0][0]

@@ -1,27 +1,44 @@
-"""All configuration, in one pydantic-settings class.
+"""All configuration: one pydantic-settings class made of one group per component.
 
-Sources, highest priority first: keyword arguments, `IDENTITY_*` environment
-variables, a `.env` file, the TOML file named by `IDENTITY_CONFIG` (or
-`./identity.toml` when present), then the defaults below.
+Each component receives only its group (`settings.pipeline`, `settings.store`,
+`settings.index`, `settings.cluster`, `settings.api`, `settings.workers`); `data_dir`,
+shared by all of them, stays at the top.
+
+Every setting has two spellings, and both are accepted everywhere:
+- grouped: `IDENTITY_INDEX__TYPE=hnsw`, `[index] type = "hnsw"` in the TOML file,
+  `Settings(index={"type": "hnsw"})`;
+- flat (the group's field under its flat name, which is the alias where a field has one):
+  `IDENTITY_INDEX_TYPE=hnsw`, `index_type = "hnsw"`, `Settings(index_type="hnsw")`.
+Flat names are unique across groups, so they stay unambiguous; the grouped spelling wins
+when one source gives both.
+
+Sources, highest priority first: keyword arguments, `IDENTITY_*` environment variables,
+a `.env` file, the TOML file named by `IDENTITY_CONFIG` (or `./identity.toml` when
+present), then the defaults below.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from identity.vocabulary import FaceDetector
+
+ENV_PREFIX = "IDENTITY_"
+ENV_FILE = ".env"
 
 
 def _config_file() -> Path | None:
@@ -32,15 +49,17 @@ def _config_file() -> Path | None:
     return local if local.is_file() else None
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="IDENTITY_",
-        env_file=".env",
-        extra="ignore",
-        protected_namespaces=(),
+class _Group(BaseModel):
+    # validate_by_name: a group accepts its fields by name (grouped spelling) and by
+    # alias (the flat name), so `{"type": "hnsw"}` and `{"index_type": "hnsw"}` both work.
+    model_config = ConfigDict(
+        extra="ignore", validate_by_name=True, validate_by_alias=True, protected_namespaces=()
     )
 
-    # --- models -----------------------------------------------------------------
+
+class PipelineSettings(_Group):
+    """The face pipeline: which model, on which device, how images are decoded, detected, aligned and embedded."""
+
     model: str = Field("facenet-keras-128", description="Embedding model name (see `identity models list`).")
     models_dir: Path = Field(Path("models"), description="Where weight files are looked for and fetched to.")
     cache_dir: Path | None = Field(
@@ -49,8 +68,6 @@ class Settings(BaseSettings):
         "that directory is writable, else the user cache directory.",
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
-
-    # --- pipeline ---------------------------------------------------------------
     detector: FaceDetector = Field(
         FaceDetector.mtcnn, description="'mtcnn' (facenet-pytorch's, the default) or 'scrfd' "
         "(InsightFace's SCRFD-500M, faster on CPU; weights: scrfd_500m_bnkps.onnx in models_dir, "
@@ -88,13 +105,12 @@ class Settings(BaseSettings):
         "detection and embedding stages run concurrently).")
     threshold_level: Literal["loose", "normal", "strict"] = "normal"
 
-    # --- store --------------------------------------------------------------------
+
+class StoreSettings(_Group):
+    """PostgreSQL: where it is, its pool, and what is kept beside each face."""
+
     database_url: str | None = Field(
         None, description="PostgreSQL URL; unset starts the embedded server under data_dir."
-    )
-    data_dir: Path = Field(
-        Path(platformdirs.user_data_dir("identity")),
-        description="Embedded database, index snapshots and job reports live here.",
     )
     db_pool_min: int = 1
     db_pool_max: int = 8
@@ -108,66 +124,68 @@ class Settings(BaseSettings):
     chip_size: int = Field(224, ge=160, le=256, description="Chip side in pixels (the chip spans twice the face box).")
     chip_quality: int = Field(85, ge=50, le=95, description="Chip JPEG quality.")
 
-    # --- index ----------------------------------------------------------------------
-    index_type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
-    index_exact_max: int = Field(
-        2_000_000, description="With index_type=auto, exact search up to this many faces."
+
+class IndexSettings(_Group):
+    """The FAISS mirror: which index, its parameters, and how it follows the store."""
+
+    type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", alias="index_type")
+    exact_max: int = Field(
+        2_000_000, alias="index_exact_max", description="With index_type=auto, exact search up to this many faces."
     )
-    index_memory_budget_mb: int | None = Field(
-        None, ge=1, description="Memory the search index may use, in MiB; unset: half the machine's RAM. "
+    memory_budget_mb: int | None = Field(
+        None, alias="index_memory_budget_mb", ge=1, description="Memory the search index may use, in MiB; unset: half the machine's RAM. "
         "With index_type=auto it decides exact / HNSW / IVF-Flat / IVF-PQ and the PQ code size."
     )
-    index_nlist: int | None = None
-    index_nprobe: int | None = None
-    index_pq_m: int | None = None
-    index_hnsw_m: int = 32
-    index_ef_search: int | None = Field(
-        None, ge=1, description="HNSW search breadth; unset: grows with the square root of the size "
+    nlist: int | None = Field(None, alias="index_nlist")
+    nprobe: int | None = Field(None, alias="index_nprobe")
+    pq_m: int | None = Field(None, alias="index_pq_m")
+    hnsw_m: int = Field(32, alias="index_hnsw_m")
+    ef_search: int | None = Field(
+        None, alias="index_ef_search", ge=1, description="HNSW search breadth; unset: grows with the square root of the size "
         "(32 at 100k faces, about 100 at 1M)."
     )
-    index_use_gpu: bool = True
+    use_gpu: bool = Field(True, alias="index_use_gpu")
     search_k: int = Field(5, ge=1, le=1000)
-    index_poll_seconds: float = Field(
-        1.0, gt=0, description="The index follower re-reads the change log at least this often "
+    poll_seconds: float = Field(
+        1.0, alias="index_poll_seconds", gt=0, description="The index follower re-reads the change log at least this often "
         "(LISTEN/NOTIFY wakes it sooner; polling is the safety net for a lost notification)."
     )
-    index_snapshot_changes: int = Field(
-        50_000, ge=1, description="Write a new index snapshot after this many applied changes."
+    snapshot_changes: int = Field(
+        50_000, alias="index_snapshot_changes", ge=1, description="Write a new index snapshot after this many applied changes."
     )
 
-    # --- clustering ------------------------------------------------------------------------
-    cluster_algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
-        "hdbscan", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
+
+class ClusterSettings(_Group):
+    """Clustering: the method and its parameters (unset ones come from the model's calibration)."""
+
+    algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] = Field(
+        "hdbscan", alias="cluster_algorithm", description="Default clustering method (chosen by BCubed F1 on lfw-dev, BENCHMARKS.md)."
     )
-    cluster_threshold: float | None = Field(
-        None, ge=-1.0, le=1.0, description="Unset: the model's calibrated floor. Cosine similarity at "
+    threshold: float | None = Field(
+        None, alias="cluster_threshold", ge=-1.0, le=1.0, description="Unset: the model's calibrated floor. Cosine similarity at "
         "which two faces are linked (HDBSCAN: the least similarity a face needs to a cluster-mate)."
     )
-    cluster_min_samples: int = Field(1, ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")
-    cluster_k: int = Field(20, ge=2, le=1000, description="Neighbours per face in the kNN graph.")
-    cluster_min_size: int = Field(2, ge=1, description="Smaller groups are reported as unclustered.")
-    cluster_min_face_size: float = Field(0.0, ge=0, description="Skip faces whose box is shorter (px); 0 = off.")
-    cluster_min_probability: float = Field(0.0, ge=0, le=1, description="Skip faces below this detection probability.")
-    cluster_min_blur: float = Field(
-        10.0, ge=0, description="Skip crops whose variance of the Laplacian (160 px crop) is below this; 0 = off."
+    min_samples: int = Field(1, alias="cluster_min_samples", ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")
+    k: int = Field(20, alias="cluster_k", ge=2, le=1000, description="Neighbours per face in the kNN graph.")
+    min_size: int = Field(2, alias="cluster_min_size", ge=1, description="Smaller groups are reported as unclustered.")
+    min_face_size: float = Field(0.0, alias="cluster_min_face_size", ge=0, description="Skip faces whose box is shorter (px); 0 = off.")
+    min_probability: float = Field(0.0, alias="cluster_min_probability", ge=0, le=1, description="Skip faces below this detection probability.")
+    min_blur: float = Field(
+        10.0, alias="cluster_min_blur", ge=0, description="Skip crops whose variance of the Laplacian (160 px crop) is below this; 0 = off."
     )
 
-    # --- workers / API ------------------------------------------------------------------
-    broker_url: str | None = Field(None, description="Celery broker (Redis); unset runs work in-process.")
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+
+class ApiSettings(_Group):
+    """The HTTP API: where it listens, what a request may send, and how fast."""
+
+    host: str = Field("127.0.0.1", alias="api_host")
+    port: int = Field(8000, alias="api_port")
+    workers: int = Field(1, alias="api_workers", ge=1, description="uvicorn worker processes for `identity serve`.")
     allowed_roots: list[Path] = Field(
         default_factory=list, description="Server-side directories the API may read for bulk jobs."
     )
     max_upload_bytes: int = 20 * 1024 * 1024
     max_images_per_request: int = 32
-    task_visibility_timeout: int = Field(
-        3600, ge=1, description="Seconds before Redis hands an unacknowledged task (its worker died) "
-        "to another worker; must exceed the longest batch."
-    )
-    task_max_retries: int = Field(5, ge=0, description="Retries (with exponential backoff) of a task "
-                                  "whose database or broker was unavailable.")
-    job_batch_size: int = Field(16, ge=1, description="Images per worker task in a bulk enrollment job.")
     max_archive_bytes: int = Field(
         512 * 1024 * 1024, description="Uncompressed size limit of an uploaded job archive (zip-bomb "
         "guard), counted while its entries are read, not taken from its headers; one entry may be at "
@@ -187,7 +205,19 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         "memory://", description="Where rate-limit counters live (`limits` storage URL): memory:// "
         "counts per API process; a redis:// URL shares them between processes and replicas.")
-    api_workers: int = Field(1, ge=1, description="uvicorn worker processes for `identity serve`.")
+
+
+class WorkerSettings(_Group):
+    """Batch work: the Celery broker, its tasks, and how jobs are watched and resumed."""
+
+    broker_url: str | None = Field(None, description="Celery broker (Redis); unset runs work in-process.")
+    task_visibility_timeout: int = Field(
+        3600, ge=1, description="Seconds before Redis hands an unacknowledged task (its worker died) "
+        "to another worker; must exceed the longest batch."
+    )
+    task_max_retries: int = Field(5, ge=0, description="Retries (with exponential backoff) of a task "
+                                  "whose database or broker was unavailable.")
+    job_batch_size: int = Field(16, ge=1, description="Images per worker task in a bulk enrollment job.")
     enroll_wait_seconds: float = Field(
         10.0, gt=0, le=300, description="With a broker, how long a synchronous upload "
         "(POST /v1/persons/{person}/faces) waits for a worker before answering 202 with a job to follow.")
@@ -204,6 +234,87 @@ class Settings(BaseSettings):
         3, ge=0, description="Times a job whose process died is resumed by the next API start; "
         "past that (or 0) it is marked failed with the reason.")
 
+GROUPS: dict[str, type[_Group]] = {
+    "pipeline": PipelineSettings,
+    "store": StoreSettings,
+    "index": IndexSettings,
+    "cluster": ClusterSettings,
+    "api": ApiSettings,
+    "workers": WorkerSettings,
+}
+
+# flat name -> (group, field)
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    (info.alias or field): (group, field)
+    for group, model in GROUPS.items()
+    for field, info in model.model_fields.items()
+}
+
+
+def group_flat(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with every flat name moved into its group; grouped values win over flat
+    ones for the same field, other keys pass through."""
+    grouped: dict[str, Any] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        target = FLAT_NAMES.get(key.lower()) if isinstance(key, str) else None
+        if target is None:
+            grouped[key] = value
+        else:
+            group, field = target
+            flat.setdefault(group, {})[field] = value
+    for group, fields in flat.items():
+        given = grouped.get(group)
+        if isinstance(given, BaseModel):
+            given = given.model_dump(exclude_unset=True)
+        grouped[group] = {**fields, **(given or {})}
+    return grouped
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
+        env_nested_delimiter="__",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    data_dir: Path = Field(
+        Path(platformdirs.user_data_dir("identity")),
+        description="Embedded database, index snapshots, job reports and upload spools live here.",
+    )
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def __init__(self, **values: Any) -> None:
+        # pydantic-settings drops keyword arguments that are not fields: group the flat
+        # ones first. (Keys starting with "_" are pydantic-settings' own options.)
+        super().__init__(**group_flat(values))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with `changes` (flat or grouped names) applied; what was
+        set explicitly stays set, so model defaults still defer the same way."""
+        update: dict[str, Any] = {}
+        for name, value in group_flat(changes).items():
+            current = getattr(self, name, None)
+            if isinstance(current, _Group):
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(exclude_unset=True)
+                update[name] = type(current).model_validate(
+                    {**current.model_dump(exclude_unset=True), **value}
+                )
+            elif name in type(self).model_fields:
+                annotation = type(self).model_fields[name].annotation
+                update[name] = TypeAdapter(annotation).validate_python(value)
+            else:
+                raise TypeError(f"unknown setting {name!r}")
+        return self.model_copy(update=update)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -213,12 +324,63 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        flat = _flat_settings_class()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _Flat(settings_cls, EnvSettingsSource(flat, env_prefix=ENV_PREFIX)),
+            dotenv_settings,
+            _Flat(settings_cls, DotEnvSettingsSource(flat, env_file=ENV_FILE, env_prefix=ENV_PREFIX)),
+        ]
         toml = _config_file()
         if toml is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            sources.append(_TomlSource(settings_cls, toml))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+
+class _Flat(PydanticBaseSettingsSource):
+    """Another source's flat names, grouped."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        return group_flat(self.inner())
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The TOML file: tables per group, or flat names at the top, or both."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        with self.path.open("rb") as handle:
+            return group_flat(tomllib.load(handle))
+
+
+@lru_cache(maxsize=1)
+def _flat_settings_class() -> type[BaseSettings]:
+    """A settings class whose fields are the flat names, typed as their group fields, so
+    pydantic-settings reads and decodes `IDENTITY_BATCH_SIZE` & co. as it would a field."""
+    fields: dict[str, Any] = {}
+    for flat, (group, field) in FLAT_NAMES.items():
+        fields[flat] = (GROUPS[group].model_fields[field].annotation, None)
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "FlatSettings",
+        __base__=BaseSettings,
+        __config__=None,
+        **fields,
+    )
 
 
 @lru_cache(maxsize=1)

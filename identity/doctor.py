@@ -66,12 +66,12 @@ def _device(settings: Settings) -> Check:
 
         from identity.faces.embed import resolve_device
 
-        device = resolve_device(settings.device)
-        facts = {"setting": settings.device, "device": str(device),
+        device = resolve_device(settings.pipeline.device)
+        facts = {"setting": settings.pipeline.device, "device": str(device),
                  "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
         if device.type == "cuda":
             if not torch.cuda.is_available():
-                return Check("device", False, f"IDENTITY_DEVICE={settings.device} but CUDA is not available",
+                return Check("device", False, f"IDENTITY_DEVICE={settings.pipeline.device} but CUDA is not available",
                              facts, ConfigError.exit_code)
             props = torch.cuda.get_device_properties(device)
             facts.update(gpu=props.name, memory_gib=round(props.total_memory / 2**30, 1))
@@ -93,7 +93,7 @@ def _weights(settings: Settings) -> Check:
             path = models.weight_path(spec, settings)
             if not path.is_file():
                 facts[spec.name] = {"status": "missing", "path": str(path)}
-                if spec.name == settings.model:
+                if spec.name == settings.pipeline.model:
                     problem = f"{spec.name} (the configured model) is missing: run `{models.fetch_command(spec)}`"
                 continue
             digest = models.sha256_file(path)
@@ -116,10 +116,10 @@ def _database(settings: Settings) -> Check:
     from identity.store.embedded import embedded_url, redact
     from identity.store.migrate import pending_url
 
-    embedded = settings.database_url is None
+    embedded = settings.store.database_url is None
     facts: dict = {"embedded": embedded}
     try:
-        url = embedded_url(settings) if embedded else str(settings.database_url)
+        url = embedded_url(settings) if embedded else str(settings.store.database_url)
         facts["url"] = redact(url)
         with psycopg.connect(url, connect_timeout=10) as conn:
             facts["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
@@ -149,19 +149,19 @@ def _database(settings: Settings) -> Check:
 
 
 def _broker(settings: Settings) -> Check:
-    if not settings.broker_url:
+    if not settings.workers.broker_url:
         return Check("broker", True, "none configured: work runs in-process", {"configured": False})
     facts: dict = {"configured": True}
     try:
         import redis
 
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5).ping()
+        redis.Redis.from_url(settings.workers.broker_url, socket_connect_timeout=5).ping()
     except Exception as exc:
         return Check("broker", False, f"unreachable: {exc}", facts, ServiceUnavailableError.exit_code)
     try:
         from celery import Celery
 
-        replies = Celery(broker=settings.broker_url).control.ping(timeout=2.0) or []
+        replies = Celery(broker=settings.workers.broker_url).control.ping(timeout=2.0) or []
     except Exception as exc:
         return Check("broker", False, f"reachable, but asking for workers failed: {exc}", facts,
                      ServiceUnavailableError.exit_code)

@@ -190,7 +190,7 @@ def enroll_stream(
 
     def refs() -> Iterator[ImageRef]:
         for batch in batches:
-            plan = _plan(batch, store, model.name, max_bytes=pipeline.settings.max_upload_bytes)
+            plan = _plan(batch, store, model.name, max_bytes=pipeline.settings.api.max_upload_bytes)
             planned.append(plan)
             yield from plan.refs
 
@@ -202,7 +202,7 @@ def enroll_stream(
     # refs() plans a batch before yielding its first ref, so every result's batch is planned.
     # Chips are cut while the decoded photo is at hand: afterwards only a backfill from
     # the source file could make them.
-    for result in pipeline.process(refs(), keep_chips=pipeline.settings.chips):
+    for result in pipeline.process(refs(), keep_chips=pipeline.settings.store.chips):
         next(p for p in planned if len(p.results) < len(p.refs)).results.append(result)
         yield from committed()
     yield from committed()

@@ -103,7 +103,7 @@ def open(settings: Settings | None = None, **overrides: Any) -> Gallery:  # noqa
     """A gallery on the configured database and model; keyword arguments override single
     settings (`database_url=`, `model=`, `data_dir=`, `device=`, …)."""
     base = settings or get_settings()
-    return Gallery(Service(base.model_copy(update=overrides) if overrides else base))
+    return Gallery(Service(base.replace(**overrides) if overrides else base))
 
 
 def _many(value: PathLike | Iterable[PathLike]) -> list[PathLike]:

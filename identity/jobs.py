@@ -165,7 +165,7 @@ def keep_alive(service: Service) -> None:
     with _heartbeats_lock:
         beat = _heartbeats.get(store)
         if beat is None or not beat.is_alive():
-            beat = _Heartbeat(store, service.settings.job_heartbeat_seconds)
+            beat = _Heartbeat(store, service.settings.workers.job_heartbeat_seconds)
             _heartbeats[store] = beat
             beat.start()
 
@@ -202,7 +202,7 @@ def start_enroll_job(service: Service, items: list[EnrollItem], *, planned: list
     """`job_id`: given when files were spooled for the job before it existed (identity/spool.py)."""
     if key_id is not None:  # persons the job creates are recorded as the key's doing
         items = [item if item.actor else replace(item, actor=f"key:{key_id}") for item in items]
-    batches = list(batched(items, service.settings.job_batch_size))
+    batches = list(batched(items, service.settings.workers.job_batch_size))
     runner = service.runner
     # In-process work dies with this process: own it, and keep the plan to resume it from.
     owner = None if runner.remote else process_owner()
@@ -277,7 +277,7 @@ def enroll_now(service: Service, items: list[EnrollItem], *, largest_face: bool 
     )
     try:
         outcomes = runner.enroll_now(items, largest_face=largest_face, job_id=job_id,
-                                     wait=service.settings.enroll_wait_seconds)
+                                     wait=service.settings.workers.enroll_wait_seconds)
     except Exception as exc:
         fail_job(service, job_id, exc)
         raise
@@ -301,7 +301,7 @@ def driven_job(service: Service, items: list) -> Iterator[str | None]:
         return
     job_id = job_store.create_job(
         service.store, "enroll", params={"client": "identity enroll", "planned": []},
-        total_items=count, total_batches=math.ceil(count / service.settings.batch_size),
+        total_items=count, total_batches=math.ceil(count / service.settings.pipeline.batch_size),
         owner=process_owner(),
     )
     keep_alive(service)
@@ -341,16 +341,16 @@ def recover_jobs(service: Service) -> list[tuple[str, str]]:
     new_owner = None if service.runner.remote else me
     taken: list[tuple[str, str]] = []
     for job in job_store.owned_by_others(service.store, me):
-        why = owner_gone(job.owner, job.heartbeat_age_s, settings.job_owner_timeout_seconds)
+        why = owner_gone(job.owner, job.heartbeat_age_s, settings.workers.job_owner_timeout_seconds)
         if why is None:
             continue
         who = describe_owner(job.owner)
         resumable = job.kind == "cluster" or job.params.get("client") is None
-        if job.resumes >= settings.job_max_resumes or not resumable:
+        if job.resumes >= settings.workers.job_max_resumes or not resumable:
             reason = (f"{who} driving this job is gone ({why}) and it cannot be resumed from here"
                       if not resumable else
                       f"{who} driving this job is gone ({why}); it was resumed {job.resumes} time(s) "
-                      f"already (job_max_resumes = {settings.job_max_resumes}), so not again")
+                      f"already (job_max_resumes = {settings.workers.job_max_resumes}), so not again")
             if job_store.cancel(service.store, job.id, reason=reason, status="failed", owner=job.owner):
                 log.warning("job %s failed: %s", job.id, reason)
                 on_job_end(service, job.id, "failed")
@@ -389,7 +389,7 @@ class JobSupervisor(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        interval = self.service.settings.job_heartbeat_seconds
+        interval = self.service.settings.workers.job_heartbeat_seconds
         while not self.stopped.wait(interval):
             try:
                 recover_jobs(self.service)
@@ -530,7 +530,7 @@ def orphan_age_s(service: Service) -> float:
     """How old a spool folder without a job row must be before it counts as orphaned: it
     may belong to a request still being served (a synchronous upload waits for a worker
     up to the visibility timeout)."""
-    return max(3600.0, 1.5 * service.settings.task_visibility_timeout)
+    return max(3600.0, 1.5 * service.settings.workers.task_visibility_timeout)
 
 
 def release_unless_active(service: Service, owner: str) -> None:

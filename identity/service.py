@@ -154,7 +154,7 @@ class Service:
         """The detector alone: the pipeline's when it is loaded, else one without the embedding network."""
         if self._pipeline is not None:
             return self._pipeline.detector
-        return self._open("detector", lambda: make_detector(self.settings, resolve_device(self.settings.device)))
+        return self._open("detector", lambda: make_detector(self.settings, resolve_device(self.settings.pipeline.device)))
 
     @property
     def store(self) -> Store:
@@ -192,7 +192,7 @@ class Service:
     def model_info(self) -> ModelInfo:
         from identity.store.types import ModelInfo
 
-        spec = models.get_model(self.settings.model)
+        spec = models.get_model(self.settings.pipeline.model)
         return ModelInfo(spec.name, spec.version, spec.dim)
 
     def close(self) -> None:
@@ -212,7 +212,7 @@ class Service:
         self.close()
 
     def thresholds(self) -> dict[str, float]:
-        spec = models.get_model(self.settings.model)
+        spec = models.get_model(self.settings.pipeline.model)
         return models.load_thresholds(spec, self.settings)
 
     # --- vision ---------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class Service:
         level: str | None = None,
         largest: bool = True,
     ) -> Verification:
-        level = level or self.settings.threshold_level
+        level = level or self.settings.pipeline.threshold_level
         thresholds = self.thresholds()
         face_a, count_a = self.one_face(a, largest=largest)
         face_b, count_b = self.one_face(b, largest=largest)
@@ -286,7 +286,7 @@ class Service:
     ) -> Verification:
         """The photo's (largest) face against an enrolled person: the best similarity over
         that person's enrolled faces decides."""
-        level = level or self.settings.threshold_level
+        level = level or self.settings.pipeline.threshold_level
         threshold = self.thresholds()[level]
         target = self.store.get_person(person)  # a wrong reference fails before the model runs
         face, count = self.one_face(ref)
@@ -330,7 +330,7 @@ class Service:
             def run(batches, done) -> None:
                 self.runner.enroll(batches, largest_face=largest_face, on_done=done, job_id=job_id)
 
-            return enroll.run(items, runner=run, batch_size=self.settings.batch_size,
+            return enroll.run(items, runner=run, batch_size=self.settings.pipeline.batch_size,
                               report=report, on_progress=on_progress)
 
     def enroll_now(self, items: list[EnrollItem], *, largest_face: bool = False,
@@ -359,7 +359,7 @@ class Service:
         from identity import jobs
         from identity.files import confine
 
-        roots = list(self.settings.allowed_roots)
+        roots = list(self.settings.api.allowed_roots)
         resolved = confine(directory, roots)
         items, refused = jobs.directory_items(resolved, roots)
         return self.start_enroll_job(items, planned=refused, largest_face=largest_face,
@@ -431,12 +431,12 @@ class Service:
         """Many query vectors, one index call; results aggregated per person."""
         from identity.index import search_any
 
-        level = level or self.settings.threshold_level
+        level = level or self.settings.pipeline.threshold_level
         threshold = self.thresholds()[level]
         vectors = self._query_vectors(vectors)
         person_ids = None if persons is None else [self.store.get_person(p).id for p in persons]
         results, _ = search_any(self.index, self.store, self.model_info, vectors,
-                                k or self.settings.search_k, threshold, persons=person_ids)
+                                k or self.settings.index.search_k, threshold, persons=person_ids)
         ids = {m.person_id for r in results for m in r.matches if m.person_id is not None}
         ids |= {r.nearest.person_id for r in results if r.nearest and r.nearest.person_id is not None}
         people = self.store.persons_by_ids(sorted(ids))
@@ -503,7 +503,7 @@ class Service:
     def cluster_images(self, refs: Iterable[ImageRef | str | Path], *, params=None,
                        keep_crops: bool = False, keep_chips: bool = False, on_image=None) -> Clustering:
         """Detect and embed every face of every photo, then group the faces into people.
-        `keep_chips` (when the clustering will be saved, and settings.chips): the images
+        `keep_chips` (when the clustering will be saved, and settings.store.chips): the images
         kept for saving carry each face's chip (~9 kB), so saved faces get theirs."""
         from dataclasses import replace
 
@@ -516,7 +516,7 @@ class Service:
             # Crops go through the pipeline so the quality filter can measure blur; the
             # images kept for saving drop them (a crop costs ~77 kB).
             for result in self.pipeline.process(refs, keep_crops=True,
-                                                keep_chips=keep_chips and self.settings.chips):
+                                                keep_chips=keep_chips and self.settings.store.chips):
                 if on_image is not None:
                     on_image(result)
                 if result.ok and result.faces:

@@ -101,7 +101,7 @@ def store_settings(pg_server, tmp_path) -> Settings:
 def store_env(store_settings) -> dict[str, str]:
     """os.environ plus IDENTITY_DATABASE_URL / IDENTITY_DATA_DIR of `store_settings`."""
     env = dict(os.environ)
-    env["IDENTITY_DATABASE_URL"] = str(store_settings.database_url)
+    env["IDENTITY_DATABASE_URL"] = str(store_settings.store.database_url)
     env["IDENTITY_DATA_DIR"] = str(store_settings.data_dir)
     return env
 
@@ -165,8 +165,7 @@ def service(store_settings, model_settings, pipeline):
     """A `Service` on the test's own database, sharing the session's loaded pipeline."""
     from identity.service import Service
 
-    settings = store_settings.model_copy(
-        update={"models_dir": model_settings.models_dir, "cache_dir": model_settings.cache_dir,
+    settings = store_settings.replace(**{"models_dir": model_settings.pipeline.models_dir, "cache_dir": model_settings.pipeline.cache_dir,
                 "device": "cpu"}
     )
     svc = Service(settings, pipeline=pipeline)  # the session's network, loaded once

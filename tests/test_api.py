@@ -32,7 +32,7 @@ def upload(path: Path, field: str = "image") -> tuple:
 def api_settings(pg_server, model_settings, tmp_path_factory) -> Settings:
     url = pg_server.new_database("api")
     root = tmp_path_factory.mktemp("allowed")
-    yield model_settings.model_copy(update={
+    yield model_settings.replace(**{
         "database_url": url,
         "data_dir": tmp_path_factory.mktemp("api-data"),
         "allowed_roots": [root],
@@ -130,7 +130,7 @@ def test_keys_are_stored_hashed(client):
 
 
 def test_oversized_upload_is_refused_with_413_before_anything_reads_it(api_settings):
-    small = create_app(api_settings.model_copy(update={"max_upload_bytes": 10_000}), warm=False)
+    small = create_app(api_settings.replace(**{"max_upload_bytes": 10_000}), warm=False)
     with TestClient(small, raise_server_exceptions=False) as c:
         big = PERSON_A / "Andy_Roddick_0001.jpg"
         assert big.stat().st_size > 10_000
@@ -138,7 +138,7 @@ def test_oversized_upload_is_refused_with_413_before_anything_reads_it(api_setti
 
 
 def test_too_many_images_in_one_request_is_refused(api_settings, keys):
-    few = create_app(api_settings.model_copy(update={"max_images_per_request": 2}), warm=False)
+    few = create_app(api_settings.replace(**{"max_images_per_request": 2}), warm=False)
     with TestClient(few, raise_server_exceptions=False) as c:
         files = [upload(p, "images") for p in photos(PERSON_A)[:3]]
         error = assert_error(c.post("/v1/detect", files=files, headers=auth(keys["read"])), 413, "payload_too_large")
@@ -152,7 +152,7 @@ def test_a_corrupt_image_is_a_422_naming_the_file(client, keys):
 
 
 def test_server_side_paths_are_confined_to_the_allowed_roots(client, keys, api_settings, tmp_path):
-    root = api_settings.allowed_roots[0]
+    root = api_settings.api.allowed_roots[0]
     outside = tmp_path / "outside"
     (outside / "someone").mkdir(parents=True)
     escape = root / "escape"
@@ -264,7 +264,7 @@ def wait_job(client, job_id: str, key: str, timeout: float = 240) -> dict:
 
 
 def test_directory_job_under_an_allowed_root_reports_progress_and_outcomes(client, keys, api_settings):
-    root = api_settings.allowed_roots[0]
+    root = api_settings.api.allowed_roots[0]
     people = root / "people"
     (people / "vega").mkdir(parents=True, exist_ok=True)
     for p in photos(PERSON_B)[:2]:

@@ -67,7 +67,7 @@ def upload_chunks(size: int = 19 * MB) -> tuple[dict[str, str], list[bytes]]:
 @pytest.fixture
 def app_with(store_settings):
     def make(**update):
-        return create_app(store_settings.model_copy(update=update), warm=False)
+        return create_app(store_settings.replace(**update), warm=False)
 
     return make
 
@@ -155,7 +155,7 @@ def test_health_and_documentation_need_no_key_and_are_not_limited(app_with):
                                      {"rate_limit_storage": "nowhere://"}])
 def test_a_malformed_rate_limit_setting_is_a_configuration_error_naming_it(store_settings, setting):
     with pytest.raises(ConfigError) as error:
-        create_app(store_settings.model_copy(update=setting), warm=False)
+        create_app(store_settings.replace(**setting), warm=False)
     assert next(iter(setting)) in error.value.message
 
 

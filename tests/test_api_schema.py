@@ -15,7 +15,7 @@ from identity.store.keys import create_key
 @pytest.fixture(scope="module")
 def schema_app(pg_server, model_settings, tmp_path_factory):
     url = pg_server.new_database("schema")
-    app = create_app(model_settings.model_copy(update={
+    app = create_app(model_settings.replace(**{
         "database_url": url, "data_dir": tmp_path_factory.mktemp("schema-data"),
         "allowed_roots": [tmp_path_factory.mktemp("schema-root")],
     }), warm=False)

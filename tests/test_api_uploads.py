@@ -153,7 +153,7 @@ def test_an_entry_is_read_back_from_the_kept_archive(tmp_path):
 @pytest.fixture
 def api(store_settings):
     def make(**update):
-        settings = store_settings.model_copy(update=update)
+        settings = store_settings.replace(**update)
         client = TestClient(create_app(settings, warm=False), raise_server_exceptions=False)
         client.__enter__()
         made.append(client)

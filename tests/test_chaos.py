@@ -47,7 +47,7 @@ def manifest(tmp_path_factory) -> Path:
 
 def base_env(model_settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDENTITY_")}
-    env.update({"IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.cache_dir),
+    env.update({"IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir),
                 "IDENTITY_DEVICE": "cpu", "IDENTITY_BATCH_SIZE": "4", "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": str(ROOT), **extra})
     return env
@@ -155,7 +155,7 @@ def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest,
                                                                        redis_url, tmp_path):
     url = pg_server.new_database("chaos_workers")
     redis.Redis.from_url(redis_url).flushdb()
-    settings = model_settings.model_copy(update={
+    settings = model_settings.replace(**{
         "database_url": url, "data_dir": tmp_path / "data", "broker_url": redis_url,
         "task_visibility_timeout": 6,
     })
@@ -216,13 +216,13 @@ def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
             folder = view / row["person"]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / Path(row["path"]).name).symlink_to(row["path"])
-    env = serve_env(store_settings.data_dir, database_url=store_settings.database_url,
-                    models_dir=str(model_settings.models_dir), cache_dir=str(model_settings.cache_dir),
+    env = serve_env(store_settings.data_dir, database_url=store_settings.store.database_url,
+                    models_dir=str(model_settings.pipeline.models_dir), cache_dir=str(model_settings.pipeline.cache_dir),
                     device="cpu", allowed_roots=[str(tmp_path / "allowed"), str(LFW_DIR)], job_batch_size=4,
                     job_max_resumes=10)  # the default (3) rightly gives up on a job killed this often
     _, secret = store_key(store)
     headers = {"X-API-Key": secret}
-    url = str(store_settings.database_url)
+    url = str(store_settings.store.database_url)
     rng = random.Random(SEED + 3)
     job_id, killed = None, 0
     for n, point in enumerate(kill_points(rng, 4, 1, 24)):

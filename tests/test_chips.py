@@ -138,7 +138,7 @@ def test_enrollment_keeps_a_chip_from_which_the_face_re_aligns_to_the_same_embed
     assert outcome.status == "enrolled"
     chip = service.chip(outcome.face_id)
     stored = service.face(outcome.face_id)
-    assert chip.info.size == service.settings.chip_size == 224
+    assert chip.info.size == service.settings.store.chip_size == 224
     # Re-align from the chip alone, as another model's pipeline would, and embed.
     x, y, side = chip.info.region
     k = chip.info.size / side
@@ -146,7 +146,7 @@ def test_enrollment_keeps_a_chip_from_which_the_face_re_aligns_to_the_same_embed
     face = DetectedFace(box=box, landmarks=np.asarray(chip.info.landmarks, np.float32), probability=1.0)
     pipeline = service.pipeline
     crop = align(decode(chip.jpeg), face, method=pipeline.alignment, image_size=pipeline.spec.input_size,
-                 margin=service.settings.margin, template=pipeline.spec.template)
+                 margin=service.settings.pipeline.margin, template=pipeline.spec.template)
     again = pipeline.embedder.embed(crop[None])[0]
     _, _, (original,) = service.store.fetch_embeddings([outcome.face_id], service.model_info.name)
     assert float(np.dot(again, original)) > 0.95
@@ -155,9 +155,9 @@ def test_enrollment_keeps_a_chip_from_which_the_face_re_aligns_to_the_same_embed
 def test_with_chips_off_enrollment_keeps_none(service):
     from identity.enroll import EnrollItem
 
-    service.pipeline.settings = service.pipeline.settings.model_copy(update={"chips": False})
+    service.pipeline.settings = service.pipeline.settings.replace(**{"chips": False})
     try:
         (outcome,) = service.enroll_batch([EnrollItem(str(PHOTO), "aaron")])
     finally:
-        service.pipeline.settings = service.pipeline.settings.model_copy(update={"chips": True})
+        service.pipeline.settings = service.pipeline.settings.replace(**{"chips": True})
     assert outcome.status == "enrolled" and service.face(outcome.face_id).chip is None

@@ -20,7 +20,7 @@ LABELED = MISC_DIR / "small_labeled"
 @pytest.fixture(scope="module")
 def env(model_settings, tmp_path_factory) -> dict[str, str]:
     return {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR),
-            "IDENTITY_CACHE_DIR": str(model_settings.cache_dir), "IDENTITY_DEVICE": "cpu",
+            "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir), "IDENTITY_DEVICE": "cpu",
             "IDENTITY_DATA_DIR": str(tmp_path_factory.mktemp("cli-data"))}
 
 

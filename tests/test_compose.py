@@ -69,9 +69,9 @@ def test_the_environment_is_valid_settings():
     env = {k: v for k, v in SERVICES["worker"]["environment"].items()}
     code = (
         "from identity.config import Settings; s = Settings(); "
-        "assert s.broker_url == 'redis://redis:6379/0', s.broker_url; "
-        "assert [str(p) for p in s.allowed_roots] == ['/import'], s.allowed_roots; "
-        "assert s.device == 'cuda' and str(s.models_dir) == '/models'"
+        "assert s.workers.broker_url == 'redis://redis:6379/0', s.workers.broker_url; "
+        "assert [str(p) for p in s.api.allowed_roots] == ['/import'], s.api.allowed_roots; "
+        "assert s.pipeline.device == 'cuda' and str(s.pipeline.models_dir) == '/models'"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("IDENTITY_")}
     result = subprocess.run([sys.executable, "-c", code], env={**clean, **env, "PYTHONPATH": str(ROOT)},

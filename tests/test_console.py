@@ -189,7 +189,7 @@ def test_a_form_post_is_admitted_from_its_cookie_before_its_body_and_rate_limite
     refused = client.post("/search", files={"image": ("a.jpg", b"x" * 100_000, "image/jpeg")}, headers=HX)
     assert refused.status_code == 204 and refused.headers["hx-redirect"] == "/sign-in", refused.text
     # Form posts count against the key's rate limit; page views and chips do not.
-    url = client.app.state.service.settings.database_url
+    url = client.app.state.service.settings.store.database_url
     limited = Settings(database_url=url, data_dir=client.app.state.service.settings.data_dir,
                        rate_limit_read="2/minute")
     with TestClient(create_app(limited, warm=False), base_url="http://console.test") as other:

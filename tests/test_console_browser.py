@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import LFW_DIR, MISC_DIR, ROOT, _free_port
@@ -52,7 +53,7 @@ def _chromium() -> str:
 def console_settings(pg_server, model_settings, tmp_path_factory):
     url = pg_server.new_database("console")
     root = tmp_path_factory.mktemp("console-allowed")
-    yield model_settings.model_copy(update={
+    yield model_settings.replace(**{
         "database_url": url,
         "data_dir": tmp_path_factory.mktemp("console-data"),
         "allowed_roots": [root],
@@ -158,10 +159,13 @@ def _expected_console_error(text: str) -> bool:
 
 
 def sign_in(page, key: str, then: str = "/people") -> None:
+    """Sign in and return once `then` has loaded, its (deferred) scripts with it."""
     page.goto(f"/sign-in?next={then}")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(re.escape(then) + r"$"))
+    # By path: the sign-in page's own URL (/sign-in?next=/enroll) ends with `then` too, and
+    # wait_for_url returns at once for a URL that already matches.
+    page.wait_for_url(lambda url: urlsplit(url).path == then)
 
 
 def enroll(service, person: str, *photos: Path) -> None:

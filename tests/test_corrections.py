@@ -218,7 +218,7 @@ def api(pg_server, model_settings, tmp_path_factory):
     from identity.store.keys import create_key
 
     url = pg_server.new_database("corrections")
-    settings = model_settings.model_copy(update={"database_url": url, "data_dir": tmp_path_factory.mktemp("c-data")})
+    settings = model_settings.replace(**{"database_url": url, "data_dir": tmp_path_factory.mktemp("c-data")})
     with ready_api_client(settings) as client:
         store = client.app.state.service.store
         keys = {scope: create_key(store, f"c-{scope}", [scope]) for scope in ("read", "enroll", "admin")}
@@ -312,7 +312,7 @@ def test_cli_corrections_history_undo_and_chips(model_settings, store_env, tmp_p
     from conftest import MISC_DIR, MODELS_DIR
 
     labeled = MISC_DIR / "small_labeled"
-    env = {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.cache_dir),
+    env = {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir),
            "IDENTITY_DEVICE": "cpu", "IDENTITY_DATA_DIR": store_env["IDENTITY_DATA_DIR"],
            "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"], "IDENTITY_CHIPS": "false"}
 

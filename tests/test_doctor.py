@@ -23,8 +23,8 @@ def checks(report: dict) -> dict[str, dict]:
 
 
 def test_a_healthy_installation_reports_every_part(capsys, monkeypatch, store_settings, model_settings):
-    code, report = doctor(capsys, monkeypatch, IDENTITY_DATABASE_URL=store_settings.database_url,
-                          IDENTITY_MODELS_DIR=model_settings.models_dir,
+    code, report = doctor(capsys, monkeypatch, IDENTITY_DATABASE_URL=store_settings.store.database_url,
+                          IDENTITY_MODELS_DIR=model_settings.pipeline.models_dir,
                           IDENTITY_DATA_DIR=store_settings.data_dir)
     found = checks(report)
     assert code == 0 and report["ok"], report
@@ -39,7 +39,7 @@ def test_a_healthy_installation_reports_every_part(capsys, monkeypatch, store_se
 
 def test_missing_weights_are_a_configuration_problem_naming_the_fetch_command(
         capsys, monkeypatch, store_settings, tmp_path):
-    code, report = doctor(capsys, monkeypatch, IDENTITY_DATABASE_URL=store_settings.database_url,
+    code, report = doctor(capsys, monkeypatch, IDENTITY_DATABASE_URL=store_settings.store.database_url,
                           IDENTITY_MODELS_DIR=tmp_path, IDENTITY_DATA_DIR=store_settings.data_dir)
     weights = checks(report)["weights"]
     assert code == 3 and not report["ok"]

@@ -115,9 +115,9 @@ def test_a_killed_enrollment_resumes_without_duplicates(store_env, store_setting
         writer.writerow(["path", "person"])
         writer.writerows([str(p), p.parent.name] for p in photos)
     env = {**store_env, "IDENTITY_MODELS_DIR": str(MODELS_DIR),
-           "IDENTITY_CACHE_DIR": str(model_settings.cache_dir), "IDENTITY_BATCH_SIZE": "8",
+           "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir), "IDENTITY_BATCH_SIZE": "8",
            "IDENTITY_DEVICE": "cpu"}
-    url = str(store_settings.database_url)
+    url = str(store_settings.store.database_url)
 
     first = _run_enroll(manifest, env, tmp_path / "first.csv")
     deadline = time.monotonic() + 240

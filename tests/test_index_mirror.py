@@ -86,7 +86,7 @@ def assert_same(got, want) -> None:
 
 @pytest.fixture
 def mirror_settings(store_settings):
-    return store_settings.model_copy(update={"index_poll_seconds": 0.2, "index_use_gpu": False})
+    return store_settings.replace(**{"index_poll_seconds": 0.2, "index_use_gpu": False})
 
 
 # --- exactness: the mirror equals PostgreSQL after any sequence of changes --------------
@@ -154,7 +154,7 @@ def test_a_restart_from_the_snapshot_replays_the_tail_and_answers_as_a_rebuild(s
     assert f"at watermark {snap_watermark}" in caplog.text and "snapshot loaded" in caplog.text
     assert restarted.watermark == store.watermark(MODEL.name) > snap_watermark
 
-    rebuilt = IndexMirror(store, mirror_settings.model_copy(update={"data_dir": mirror_settings.data_dir / "b"}), MODEL)
+    rebuilt = IndexMirror(store, mirror_settings.replace(**{"data_dir": mirror_settings.data_dir / "b"}), MODEL)
     rebuilt.open()
     queries = GEN.new_faces(np.arange(30))
     assert restarted.search(queries, 5, 0.5) == rebuilt.search(queries, 5, 0.5)
@@ -205,7 +205,7 @@ def test_a_snapshot_that_does_not_fit_is_discarded_with_the_reason_and_rebuilt(s
 
 def test_a_face_is_searchable_within_a_second_of_its_commit_and_not_before(store, mirror_settings):
     # A 30 s poll: only LISTEN/NOTIFY can make the deadline.
-    settings = mirror_settings.model_copy(update={"index_poll_seconds": 30.0})
+    settings = mirror_settings.replace(**{"index_poll_seconds": 30.0})
     enroll(store, "alice", identity=1)
     with IndexMirror(store, settings, MODEL) as mirror:
         [alice] = store.person_faces("alice")
@@ -254,7 +254,7 @@ def test_rebuild_swaps_in_a_fresh_index_of_the_configured_type(store, mirror_set
         enroll(store, f"p{p}", identity=p, n_faces=3)
     mirror = IndexMirror(store, mirror_settings, MODEL)
     mirror.open()
-    mirror.settings = mirror_settings.model_copy(update={"index_type": "hnsw"})
+    mirror.settings = mirror_settings.replace(**{"index_type": "hnsw"})
     status = mirror.rebuild()
     assert status.index_type.startswith("hnsw") and status.count == 120
     queries = GEN.new_faces(np.arange(40))

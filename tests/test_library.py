@@ -16,8 +16,8 @@ LABELED = MISC_DIR / "small_labeled"
 
 @pytest.fixture
 def gallery(store_settings, model_settings):
-    with identity.open(database_url=store_settings.database_url, data_dir=store_settings.data_dir,
-                       models_dir=model_settings.models_dir, cache_dir=model_settings.cache_dir,
+    with identity.open(database_url=store_settings.store.database_url, data_dir=store_settings.data_dir,
+                       models_dir=model_settings.pipeline.models_dir, cache_dir=model_settings.pipeline.cache_dir,
                        device="cpu") as opened:
         yield opened
 

@@ -75,10 +75,10 @@ def test_batched_stages_find_what_facenet_pytorch_finds(paths):
     from facenet_pytorch.models.utils.detect_face import detect_face
 
     settings = Settings()
-    mtcnn = MTCNN(min_face_size=settings.min_face_size, thresholds=list(settings.detection_thresholds),
-                  factor=settings.scale_factor, keep_all=True, post_process=False).eval()
-    batched = BatchedMTCNN(mtcnn.pnet, mtcnn.rnet, mtcnn.onet, min_face_size=settings.min_face_size,
-                           thresholds=settings.detection_thresholds, factor=settings.scale_factor)
+    mtcnn = MTCNN(min_face_size=settings.pipeline.min_face_size, thresholds=list(settings.pipeline.detection_thresholds),
+                  factor=settings.pipeline.scale_factor, keep_all=True, post_process=False).eval()
+    batched = BatchedMTCNN(mtcnn.pnet, mtcnn.rnet, mtcnn.onet, min_face_size=settings.pipeline.min_face_size,
+                           thresholds=settings.pipeline.detection_thresholds, factor=settings.pipeline.scale_factor)
     # Group photos differ in size: each is its own batch there; the LFW images are one batch.
     batches = [_padded([p], settings) for p in paths] if "lfw-dev" not in str(paths[0]) else [
         _padded(paths, settings)

@@ -56,8 +56,8 @@ def test_the_detector_is_a_setting_with_mtcnn_the_default():
 
     from identity.vocabulary import FaceDetector
 
-    assert Settings().detector == FaceDetector.mtcnn
-    assert Settings(detector="scrfd").detector == FaceDetector.scrfd
+    assert Settings().pipeline.detector == FaceDetector.mtcnn
+    assert Settings(detector="scrfd").pipeline.detector == FaceDetector.scrfd
     with pytest.raises(ValidationError):
         Settings(detector="haar")
 

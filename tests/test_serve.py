@@ -86,8 +86,8 @@ def test_a_directory_job_of_a_killed_serve_is_resumed_where_it_stopped_by_the_ne
         (view / name).mkdir(parents=True)
         for photo in sorted((LFW_DIR / name).glob("*.jpg"))[:4]:
             (view / name / photo.name).symlink_to(photo)
-    env = serve_env(store_settings.data_dir, database_url=store_settings.database_url,
-                    models_dir=str(model_settings.models_dir), cache_dir=str(model_settings.cache_dir),
+    env = serve_env(store_settings.data_dir, database_url=store_settings.store.database_url,
+                    models_dir=str(model_settings.pipeline.models_dir), cache_dir=str(model_settings.pipeline.cache_dir),
                     device="cpu", allowed_roots=[str(tmp_path / "allowed"), str(LFW_DIR)], job_batch_size=2)
     headers = {"X-API-Key": create_key(store, "operator", ["enroll"])[1]}
 

@@ -68,7 +68,7 @@ def test_schema_is_created_by_yoyo_and_upgrade_is_idempotent(store, store_settin
     assert sorted(applied) == ALL_MIGRATIONS and ALL_MIGRATIONS[0] == "0001.initial-schema"
     assert vector is not None
     assert upgrade(store_settings) == []
-    assert pending_url(str(store_settings.database_url)) == []
+    assert pending_url(str(store_settings.store.database_url)) == []
 
 
 def test_an_unmigrated_database_is_refused_with_a_hint_then_upgraded(pg_server, tmp_path):
@@ -95,7 +95,7 @@ def test_a_store_is_constructed_without_connecting_and_used_once_connected(store
     assert "secret" not in str(caught.value)
     nowhere.close()
 
-    with Store(str(store_settings.database_url)).connect() as store:
+    with Store(str(store_settings.store.database_url)).connect() as store:
         assert store.watermark() == 0 and store.list_persons().items == ()
 
 

@@ -30,7 +30,7 @@ def photos(name: str) -> list[Path]:
 def settings(pg_server, model_settings, redis_url, tmp_path_factory):
     url = pg_server.new_database("workers")
     redis.Redis.from_url(redis_url).flushdb()
-    yield model_settings.model_copy(update={
+    yield model_settings.replace(**{
         "database_url": url,
         "data_dir": tmp_path_factory.mktemp("workers-data"),  # shared by API and workers (uploads)
         "broker_url": redis_url,
@@ -46,13 +46,13 @@ def settings(pg_server, model_settings, redis_url, tmp_path_factory):
 def worker_env(settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
-        "IDENTITY_DATABASE_URL": settings.database_url,
+        "IDENTITY_DATABASE_URL": settings.store.database_url,
         "IDENTITY_DATA_DIR": str(settings.data_dir),
-        "IDENTITY_BROKER_URL": settings.broker_url,
-        "IDENTITY_MODELS_DIR": str(settings.models_dir),
-        "IDENTITY_CACHE_DIR": str(settings.cache_dir),
+        "IDENTITY_BROKER_URL": settings.workers.broker_url,
+        "IDENTITY_MODELS_DIR": str(settings.pipeline.models_dir),
+        "IDENTITY_CACHE_DIR": str(settings.pipeline.cache_dir),
         "IDENTITY_DEVICE": "cpu",
-        "IDENTITY_TASK_VISIBILITY_TIMEOUT": str(settings.task_visibility_timeout),
+        "IDENTITY_TASK_VISIBILITY_TIMEOUT": str(settings.workers.task_visibility_timeout),
         "OMP_NUM_THREADS": "1",  # a shared 2-core machine
         "PYTHONPATH": str(ROOT),
     })
@@ -180,7 +180,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_without_dupli
 ):
     names = ["Ana_Guevara", "Alec_Baldwin"]
     # A small folder-per-person view of lfw-dev (links into it: they stay in the allowed roots).
-    view = settings.allowed_roots[1] / "two-people"
+    view = settings.api.allowed_roots[1] / "two-people"
     for name in names:
         (view / name).mkdir(parents=True)
         for p in photos(name)[:4]:

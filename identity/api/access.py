@@ -68,8 +68,8 @@ class RateLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
-        return cls({"read": settings.rate_limit_read, "enroll": settings.rate_limit_enroll,
-                    "admin": settings.rate_limit_admin}, settings.rate_limit_storage)
+        return cls({"read": settings.api.rate_limit_read, "enroll": settings.api.rate_limit_enroll,
+                    "admin": settings.api.rate_limit_admin}, settings.api.rate_limit_storage)
 
     def check(self, key: ApiKey) -> None:
         """Count one request of `key`, or raise RateLimitedError (nothing counted) when

@@ -35,7 +35,7 @@ def _warm(app: FastAPI) -> None:
         _sweep_spool(service)
         service.pipeline  # noqa: B018
         service.index  # noqa: B018
-        log.info("api: ready (%s)", service.settings.model)
+        log.info("api: ready (%s)", service.settings.pipeline.model)
     except IdentityError as exc:
         app.state.warm_error = exc.message
         log.error("api: startup failed: %s", exc)
@@ -103,10 +103,10 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.metrics = Metrics(app)
     errors.install(app)
     app.middleware("http")(app.state.metrics.middleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_upload_bytes)
     # Added last, so it runs first: key and rate limit are decided before the body limit reads a byte.
     app.add_middleware(AccessMiddleware, api=app, limits=RateLimits.from_settings(settings),
-                       max_bytes=settings.max_upload_bytes)
+                       max_bytes=settings.api.max_upload_bytes)
     for router in (health.router, persons.router, enroll.router, jobs.router, vision.router, *faces.routers):
         app.include_router(router)
     console.install(app)  # the web console at / and the offline /docs
@@ -114,17 +114,17 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
 
 def serve(settings: Settings | None = None) -> None:
-    """`identity serve`: uvicorn on settings.api_host:api_port."""
+    """`identity serve`: uvicorn on settings.api.host:api_port."""
     import uvicorn
 
     settings = settings or get_settings()
     _exit_on_sigterm()
-    if settings.api_workers > 1:
+    if settings.api.workers > 1:
         # Each worker process builds its own app (and index mirror) from the environment.
-        uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api_host,
-                    port=settings.api_port, workers=settings.api_workers, proxy_headers=True)
+        uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api.host,
+                    port=settings.api.port, workers=settings.api.workers, proxy_headers=True)
     else:
-        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, proxy_headers=True)
+        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, proxy_headers=True)
 
 
 def _exit_on_sigterm() -> None:

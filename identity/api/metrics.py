@@ -43,14 +43,14 @@ class _StateCollector:
 
 
 def queue_depth(settings) -> int | None:
-    if not settings.broker_url:
+    if not settings.workers.broker_url:
         return None
     try:
         import redis
 
         from identity.runners.celery import QUEUE
 
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(settings.workers.broker_url, socket_timeout=1, socket_connect_timeout=1)
         try:
             return int(client.llen(QUEUE))
         finally:

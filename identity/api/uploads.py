@@ -47,4 +47,4 @@ def read_uploads(files: list[UploadFile], max_images: int) -> list[Upload]:
 def spool_uploads(settings: Settings, owner: str, uploads: list[Upload]) -> list[Path]:
     """Write the uploads into `owner`'s spool folder (507 past the spool quota)."""
     return spool.write(settings.data_dir, owner, [(u.data, Path(u.name).suffix) for u in uploads],
-                       quota=settings.spool_quota_bytes)
+                       quota=settings.api.spool_quota_bytes)

@@ -45,9 +45,9 @@ def enroll(
     # Unique per run: two runs in the same second must not write one report.
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     report = report or settings().data_dir / "reports" / f"enroll-{stamp}.csv"
-    if settings().broker_url:
+    if settings().workers.broker_url:
         err.print(f"enroll: {len(items)} files; batches go to the Celery workers "
-                  f"(exit 4 if none is alive for {settings().worker_wait_seconds:g} s)", highlight=False)
+                  f"(exit 4 if none is alive for {settings().workers.worker_wait_seconds:g} s)", highlight=False)
     with service() as svc, progress() as bar:
         task = bar.add_task("enrolling", total=len(items), rate="")
         started = time.perf_counter()

@@ -23,7 +23,7 @@ def models_list(as_json: JsonOption = False) -> None:
         status = models.verify(spec, cfg)
         rows.append({
             "name": spec.name, "version": spec.version, "dim": spec.dim,
-            "normalization": spec.normalization, "default": spec.name == cfg.model,
+            "normalization": spec.normalization, "default": spec.name == cfg.pipeline.model,
             "status": status.status, "detail": status.detail, "weights": str(status.path),
             "thresholds": models.load_thresholds(spec, cfg),
             "license": {"summary": spec.license.summary, "commercial_use": spec.license.commercial_use,

@@ -18,4 +18,4 @@ def serve(
     from identity.api import serve as run_server
 
     update = {k: v for k, v in (("api_host", host), ("api_port", port)) if v is not None}
-    run_server(settings().model_copy(update=update))
+    run_server(settings().replace(**update))

@@ -54,20 +54,20 @@ class ClusterParams:
         IDENTITY_CLUSTER_THRESHOLD is set or `overrides` name them."""
         from identity.faces import models  # torch and the networks: only when asked
 
-        model = models.clustering(models.get_model(settings.model), settings)
+        model = models.clustering(models.get_model(settings.pipeline.model), settings)
         params = cls(
-            algorithm=settings.cluster_algorithm,
+            algorithm=settings.cluster.algorithm,
             threshold=model.floor,
             merge_similarity=model.merge_similarity,
-            k=settings.cluster_k,
-            min_cluster_size=settings.cluster_min_size,
-            min_samples=settings.cluster_min_samples,
+            k=settings.cluster.k,
+            min_cluster_size=settings.cluster.min_size,
+            min_samples=settings.cluster.min_samples,
             quality=QualityThresholds(
-                min_face_size=settings.cluster_min_face_size,
-                min_probability=settings.cluster_min_probability,
-                min_blur=settings.cluster_min_blur,
+                min_face_size=settings.cluster.min_face_size,
+                min_probability=settings.cluster.min_probability,
+                min_blur=settings.cluster.min_blur,
             ),
-            exact_max=settings.index_exact_max if settings.index_type == "auto" else DEFAULT_EXACT_MAX,
+            exact_max=settings.index.exact_max if settings.index.type == "auto" else DEFAULT_EXACT_MAX,
         )
         return replace(params, **overrides)  # type: ignore[arg-type]
 

@@ -138,7 +138,7 @@ def _fallback_embedding(
     box = tuple(float(v) for v in relative_box * [w, h, w, h])
     settings = pipeline.settings
     size = pipeline.embedder.input_size
-    pixels = crop(image.pixels, box, image_size=size, margin=settings.margin)
+    pixels = crop(image.pixels, box, image_size=size, margin=settings.pipeline.margin)
     full_box = np.array(box) / image.scale
     return pipeline.embedder.embed(np.array(pixels[None]))[0], full_box
 
@@ -221,7 +221,7 @@ def run_lfw(
             if pipeline.alignment == AlignMethod.CROP
             else f"{pipeline.alignment}/{pipeline.spec.template}"
         ),
-        flip=settings.flip,
+        flip=settings.pipeline.flip,
         pairs_file=str(pairs_file),
         image_dir=str(image_dir),
         n_images=len(embedded.paths),

@@ -36,11 +36,11 @@ Selection = Literal["all", "largest", "central"]
 
 class Detector:
     def __init__(self, settings: Settings, device: torch.device | str = "cpu") -> None:
-        self.min_probability = settings.min_detection_probability
+        self.min_probability = settings.pipeline.min_detection_probability
         self.mtcnn = MTCNN(
-            min_face_size=settings.min_face_size,
-            thresholds=list(settings.detection_thresholds),
-            factor=settings.scale_factor,
+            min_face_size=settings.pipeline.min_face_size,
+            thresholds=list(settings.pipeline.detection_thresholds),
+            factor=settings.pipeline.scale_factor,
             keep_all=True,
             select_largest=False,
             post_process=False,
@@ -56,9 +56,9 @@ class Detector:
             self.mtcnn.pnet,
             self.mtcnn.rnet,
             self.mtcnn.onet,
-            min_face_size=settings.min_face_size,
-            thresholds=tuple(settings.detection_thresholds),
-            factor=settings.scale_factor,
+            min_face_size=settings.pipeline.min_face_size,
+            thresholds=tuple(settings.pipeline.detection_thresholds),
+            factor=settings.pipeline.scale_factor,
         )
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
@@ -90,9 +90,9 @@ class ScrfdDetector:
         from identity.faces import scrfd
 
         self.device = torch.device(device)
-        self.min_probability = settings.scrfd_min_probability
-        self.max_side = settings.scrfd_max_side
-        network = scrfd.load_network(scrfd.find_weights(settings.models_dir, settings.cache_dir), self.device)
+        self.min_probability = settings.pipeline.scrfd_min_probability
+        self.max_side = settings.pipeline.scrfd_max_side
+        network = scrfd.load_network(scrfd.find_weights(settings.pipeline.models_dir, settings.pipeline.cache_dir), self.device)
         self.scrfd = scrfd.Scrfd(network, threshold=self.min_probability)
         self.align = scrfd.ALIGN
 
@@ -126,7 +126,7 @@ class ScrfdDetector:
 
 def make_detector(settings: Settings, device: torch.device | str = "cpu") -> Detector | ScrfdDetector:
     """The detector the settings name (`detector`: MTCNN unless told otherwise)."""
-    if FaceDetector(settings.detector) == FaceDetector.scrfd:
+    if FaceDetector(settings.pipeline.detector) == FaceDetector.scrfd:
         return ScrfdDetector(settings, device)
     return Detector(settings, device)
 

@@ -1,6 +1,6 @@
 """The face pipeline: image references → decoded → detected → aligned → embedded.
 
-Work flows in batches of `settings.batch_size` images. Reading and decoding run ahead
+Work flows in batches of `settings.pipeline.batch_size` images. Reading and decoding run ahead
 in a small thread pool (Pillow and file reads release the GIL), detection runs one
 detector call per size bucket, and every crop of the batch is embedded in one network
 call. Worker threads (`detect_workers`) each take whole batches through detection and
@@ -50,8 +50,8 @@ def load_image(ref: ImageRef | str | Path, settings: Settings) -> DecodedImage:
     return decode_image(
         data,
         source=ref.source,
-        max_pixels=settings.max_image_pixels,
-        max_side=settings.detect_max_side,
+        max_pixels=settings.pipeline.max_image_pixels,
+        max_side=settings.pipeline.detect_max_side,
     )
 
 
@@ -72,9 +72,9 @@ def face_quality(face: DetectedFace) -> float:
 class FacePipeline:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.device = resolve_device(self.settings.device)
+        self.device = resolve_device(self.settings.pipeline.device)
         configure_threads(self.settings, self.device)
-        self.spec = models.get_model(self.settings.model)
+        self.spec = models.get_model(self.settings.pipeline.model)
         # The model's alignment and landmark template, unless IDENTITY_ALIGNMENT is set.
         self.alignment = models.alignment_method(self.spec, self.settings)
         network = models.load_network(self.spec, self.settings, device=self.device)
@@ -84,8 +84,8 @@ class FacePipeline:
             input_size=self.spec.input_size,
             normalization=self.spec.normalization,
             device=self.device,
-            flip=self.settings.flip,
-            batch_size=self.settings.batch_size,
+            flip=self.settings.pipeline.flip,
+            batch_size=self.settings.pipeline.batch_size,
         )
         self.detector = make_detector(self.settings, self.device)
 
@@ -113,9 +113,9 @@ class FacePipeline:
     ) -> Iterator[ImageResult]:
         decoded = map_ahead(
             lambda ref: decode_or_error(ref, self.settings), (as_ref(r) for r in refs),
-            workers=self.settings.decode_workers, lookahead=2 * self.settings.batch_size,
+            workers=self.settings.pipeline.decode_workers, lookahead=2 * self.settings.pipeline.batch_size,
         )
-        batches = iter(lambda: list(islice(decoded, self.settings.batch_size)), [])
+        batches = iter(lambda: list(islice(decoded, self.settings.pipeline.batch_size)), [])
         # Each worker takes a whole batch through both stages, so the cores stay busy
         # whichever stage is the longer (embedding with FaceNet, detection with a light
         # network): with detection ahead in the workers and embedding in this thread, the
@@ -125,7 +125,7 @@ class FacePipeline:
                 self._detect_batch(batch, select, keep_chips), keep_crops=keep_crops
             ),
             batches,
-            workers=self.settings.detect_workers, lookahead=self.settings.detect_workers + 1,
+            workers=self.settings.pipeline.detect_workers, lookahead=self.settings.pipeline.detect_workers + 1,
         )
         for results in embedded:
             yield from results
@@ -154,7 +154,7 @@ class FacePipeline:
                 face,
                 method=self.alignment,
                 image_size=self.spec.input_size,
-                margin=self.settings.margin,
+                margin=self.settings.pipeline.margin,
                 template=self.spec.template,
             )
             for image, faces in zip(images, chosen)
@@ -162,7 +162,7 @@ class FacePipeline:
         ]
         chips = [
             make_chip(image.pixels, face.box, face.landmarks, scale=image.scale,
-                      size=self.settings.chip_size, quality=self.settings.chip_quality)
+                      size=self.settings.store.chip_size, quality=self.settings.store.chip_quality)
             if keep_chips else None
             for image, faces in zip(images, chosen)
             for face in faces
@@ -238,8 +238,8 @@ def map_ahead(fn: Callable, items: Iterable, *, workers: int, lookahead: int) ->
 def configure_threads(settings: Settings, device) -> None:
     """Torch threads per op: on CPU the batches run concurrently in `detect_workers` threads,
     so each gets half the cores (`IDENTITY_TORCH_THREADS` overrides)."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
+    if settings.pipeline.torch_threads is not None:
+        torch.set_num_threads(settings.pipeline.torch_threads)
     elif getattr(device, "type", str(device)) == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 

@@ -46,7 +46,7 @@ class Face(DetectedFace):
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (dim,) float32
     quality: float = 0.0  # 0..1, from detection probability and face size; higher is better
     crop: np.ndarray | None = None  # aligned crop, uint8 HxWx3, kept only when asked for
-    chip: FaceChip | None = None  # kept only when asked for (enrollment, with settings.chips)
+    chip: FaceChip | None = None  # kept only when asked for (enrollment, with settings.store.chips)
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,10 @@ def build_index(
     spec = choice.spec
     log.info("index: %s", choice.reason)
     if spec.kind == "flat":
-        index = FaceIndex(spec, use_gpu=settings.index_use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
+        index = FaceIndex(spec, use_gpu=settings.index.use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
     else:
         log.info("index: converting %d staged faces to %s", staging.count, spec.describe())
-        index = staging.rebuilt_as(spec, use_gpu=settings.index_use_gpu)
+        index = staging.rebuilt_as(spec, use_gpu=settings.index.use_gpu)
     index.choice = choice
     return index
 
@@ -145,7 +145,7 @@ class IndexMirror:
                 model_version=self.model.version,
                 dim=self.model.dim,
                 db_watermark=self.store.watermark(self.model.name),
-                use_gpu=self.settings.index_use_gpu,
+                use_gpu=self.settings.index.use_gpu,
             )
             if loaded is not None:
                 index, meta = loaded
@@ -231,7 +231,7 @@ class IndexMirror:
             if index.needs_compaction:
                 index.compact()
             self._publish(index, watermark)
-        if self._since_snapshot >= self.settings.index_snapshot_changes:
+        if self._since_snapshot >= self.settings.index.snapshot_changes:
             self.snapshot()
         return watermark
 
@@ -261,7 +261,7 @@ class IndexMirror:
 
     def _follow(self) -> None:
         listener = None
-        poll = self.settings.index_poll_seconds
+        poll = self.settings.index.poll_seconds
         while not self._stop.is_set():
             if listener is None:
                 listener = self._listen()
@@ -290,7 +290,7 @@ class IndexMirror:
         try:
             return self.store.listen()
         except Exception as exc:
-            log.warning("index follower: cannot LISTEN (%s); polling every %.1fs", exc, self.settings.index_poll_seconds)
+            log.warning("index follower: cannot LISTEN (%s); polling every %.1fs", exc, self.settings.index.poll_seconds)
             return None
 
     # --- snapshots ------------------------------------------------------------------

@@ -112,7 +112,7 @@ def default_ef_search(n: int) -> int:
 
 def memory_budget(settings: Settings) -> tuple[int, str]:
     """(bytes, where the figure comes from): `index_memory_budget_mb`, else half the RAM."""
-    mb = settings.index_memory_budget_mb
+    mb = settings.index.memory_budget_mb
     if mb:
         return int(mb) * 2**20, "index_memory_budget_mb"
     try:
@@ -161,23 +161,23 @@ def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = Non
     `gpu`: whether a GPU will search it (default: index_use_gpu and faiss sees one)."""
     budget, budget_from = memory_budget(settings)
     fits = f"the memory budget {_gib(budget)} ({budget_from})"
-    m = settings.index_hnsw_m
-    if kind is not None or settings.index_type != "auto":
-        kind = kind or settings.index_type
+    m = settings.index.hnsw_m
+    if kind is not None or settings.index.type != "auto":
+        kind = kind or settings.index.type
         spec = _spec(settings, n, dim, kind)
         mem = index_bytes(kind, n, dim, hnsw_m=m, pq_m=spec.pq_m, nlist=spec.nlist)
-        why = f"index_type={kind} asked for" if kind == settings.index_type else f"{kind} asked for by the caller"
+        why = f"index_type={kind} asked for" if kind == settings.index.type else f"{kind} asked for by the caller"
         over = "" if mem <= budget else f"; over {fits}"
         return Choice(spec, f"{why}: {spec.describe()}, about {_gib(mem)} at {n:,} faces{over}", mem, budget)
     if gpu is None:
-        gpu = bool(settings.index_use_gpu) and gpu_count() > 0
+        gpu = bool(settings.index.use_gpu) and gpu_count() > 0
     size = f"{n:,} faces × {dim}-d"
     flat = index_bytes("flat", n, dim)
-    if n <= settings.index_exact_max and flat <= budget:
+    if n <= settings.index.exact_max and flat <= budget:
         spec = _spec(settings, n, dim, "flat")
-        return Choice(spec, f"exact: {size} <= index_exact_max {settings.index_exact_max:,} and "
+        return Choice(spec, f"exact: {size} <= index_exact_max {settings.index.exact_max:,} and "
                             f"{_gib(flat)} fits {fits}", flat, budget)
-    why = (f"{size} > index_exact_max {settings.index_exact_max:,}" if n > settings.index_exact_max
+    why = (f"{size} > index_exact_max {settings.index.exact_max:,}" if n > settings.index.exact_max
            else f"exact search needs {_gib(flat)}, over {fits}")
     hnsw = index_bytes("hnsw", n, dim, hnsw_m=m)
     if not gpu and n <= HNSW_MAX and hnsw <= budget:
@@ -192,7 +192,7 @@ def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = Non
     if ivf <= budget:
         return Choice(ivf_spec, f"{why}; {not_hnsw}; IVF-Flat ({_gib(ivf)}) fits {fits}", ivf, budget)
     spec = _spec(settings, n, dim, "ivfpq")
-    if not settings.index_pq_m:
+    if not settings.index.pq_m:
         # The most sub-quantizers (best recall) whose codes still fit.
         for pq_m in sorted({m_ for m_ in range(1, max(1, dim // 4) + 1) if dim % m_ == 0}, reverse=True):
             if index_bytes("ivfpq", n, dim, pq_m=pq_m, nlist=spec.nlist) <= budget:
@@ -210,18 +210,18 @@ def choose_spec(settings: Settings, n: int, dim: int, *, kind: IndexKind | None 
 
 
 def _spec(settings: Settings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
-    nlist = settings.index_nlist or default_nlist(n)
-    pq_m = settings.index_pq_m or default_pq_m(dim)
+    nlist = settings.index.nlist or default_nlist(n)
+    pq_m = settings.index.pq_m or default_pq_m(dim)
     if kind == "ivfpq" and dim % pq_m:
         raise ConfigError(f"index_pq_m={pq_m} must divide the dimension {dim}")
     spec = IndexSpec(
         kind=kind,
         dim=dim,
-        hnsw_m=settings.index_hnsw_m,
-        ef_search=settings.index_ef_search or default_ef_search(n),
+        hnsw_m=settings.index.hnsw_m,
+        ef_search=settings.index.ef_search or default_ef_search(n),
     )
     if kind in ("ivf", "ivfpq"):
-        spec = replace(spec, nlist=nlist, nprobe=min(nlist, settings.index_nprobe or default_nprobe(nlist)))
+        spec = replace(spec, nlist=nlist, nprobe=min(nlist, settings.index.nprobe or default_nprobe(nlist)))
     if kind == "ivfpq":
         spec = replace(spec, pq_m=pq_m)
     return spec

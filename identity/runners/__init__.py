@@ -16,7 +16,7 @@ __all__ = ["LocalRunner", "Runner", "runner_from_settings"]
 
 
 def runner_from_settings(settings: Settings, service: Service) -> Runner:
-    if settings.broker_url:
+    if settings.workers.broker_url:
         from identity.runners.celery import CeleryRunner
 
         return CeleryRunner.from_settings(settings)

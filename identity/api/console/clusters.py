@@ -58,7 +58,7 @@ def cluster_upload(request: Request, service: Console, key: Enroller,
     its clusters are reviewed and named like the unassigned faces'."""
     if not images:
         raise InputError("choose or drop the photos to cluster")
-    uploads = read_uploads(images, service.settings.max_images_per_request)
+    uploads = read_uploads(images, service.settings.api.max_images_per_request)
     spec = {"paths": [], "names": [u.name for u in uploads], "threshold": _threshold(threshold), "keep": True}
     job_id = spool.new_owner()  # the job's spool folder, released when the job ends
     try:

@@ -31,7 +31,7 @@ OUTCOMES_SHOWN = 500  # per page of a job's outcomes; counts always cover every 
 
 @router.get("/enroll")
 def enroll_page(request: Request, service: Console, _: Enroller) -> Response:
-    return render(request, "enroll.html", nav="enroll", roots=[str(r) for r in service.settings.allowed_roots])
+    return render(request, "enroll.html", nav="enroll", roots=[str(r) for r in service.settings.api.allowed_roots])
 
 
 @router.post("/enroll/photos")

@@ -32,7 +32,7 @@ def preview(data: bytes, name: str, settings) -> Preview:
 
     from identity.faces.decode import decode_image
 
-    image = decode_image(data, source=name, max_pixels=settings.max_image_pixels, max_side=PREVIEW_SIDE)
+    image = decode_image(data, source=name, max_pixels=settings.pipeline.max_image_pixels, max_side=PREVIEW_SIDE)
     buffer = io.BytesIO()
     Image.fromarray(image.pixels).save(buffer, format="JPEG", quality=82)
     return Preview("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),

@@ -65,7 +65,7 @@ def enroll_images(
 ) -> EnrollOut:
     """Enroll now and answer with one outcome per photo (created on demand: `person` is
     the external id of a new person unless it names an existing one)."""
-    uploads = read_uploads(images, service.settings.max_images_per_request)
+    uploads = read_uploads(images, service.settings.api.max_images_per_request)
     person_id, external_id = _target(service, person)
     display_name = names.display_name(display_name)
     # Spooled (a worker may be the one to read them) for this request only.
@@ -109,8 +109,8 @@ def enroll_archive(
     spooled whole for the job, never expanded to disk."""
     settings = service.settings
     data = archive.file.read()
-    entries = archives.scan(io.BytesIO(data), max_entries=settings.max_archive_entries,
-                            max_total=settings.max_archive_bytes, max_entry=settings.max_upload_bytes)
+    entries = archives.scan(io.BytesIO(data), max_entries=settings.api.max_archive_entries,
+                            max_total=settings.api.max_archive_bytes, max_entry=settings.api.max_upload_bytes)
     job_id = spool.new_owner()
     path = spool_uploads(settings, job_id, [Upload("archive.zip", data)])[0] if entries else None
     items = [EnrollItem(e.name, e.person, actor=actor(key), path=str(path), member=e.member) for e in entries]
@@ -139,7 +139,7 @@ def cluster_upload(
     threshold: float | None = Form(None, ge=-1.0, le=1.0),
 ) -> JobCreated:
     """Cluster an uploaded collection (nothing is stored but the job's result)."""
-    uploads = read_uploads(images, service.settings.max_images_per_request)
+    uploads = read_uploads(images, service.settings.api.max_images_per_request)
     job_id = spool.new_owner()  # the job's spool folder, released when the job ends
     paths = [str(p) for p in spool_uploads(service.settings, job_id, uploads)]
     spec = {"paths": paths, "names": [u.name for u in uploads], "threshold": threshold}

@@ -88,14 +88,14 @@ def readiness(app) -> dict[str, dict]:
         if status["last_error"]:
             checks["database"]["restart_error"] = status["last_error"]
     opened = service.opened()
-    checks["model"] = {"ok": opened["pipeline"], "name": service.settings.model}
+    checks["model"] = {"ok": opened["pipeline"], "name": service.settings.pipeline.model}
     if opened["index"]:
         status = service.index.status()
         checks["index"] = {"ok": status.ready and status.lag is not None, "faces": status.count,
                            "watermark": status.watermark, "lag": status.lag}
     else:
         checks["index"] = {"ok": False, "faces": 0}
-    if service.settings.broker_url:
+    if service.settings.workers.broker_url:
         # Jobs and broker-mode enrollment need it; search does not, but a deployment
         # with a broker configured and unreachable is not one to send traffic to.
         from identity.api.metrics import queue_depth

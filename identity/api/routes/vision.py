@@ -85,7 +85,7 @@ def detect(
     images: list[UploadFile] = File(..., description="One or more photos"),
 ) -> DetectOut:
     """Boxes, landmarks and probabilities; an unreadable image gets an `error`, the others still run."""
-    uploads = read_uploads(images, service.settings.max_images_per_request)
+    uploads = read_uploads(images, service.settings.api.max_images_per_request)
     out = []
     with model_call(request):
         for result in service.detect([u.ref() for u in uploads]):

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from pydantic import BaseModel
+
 from identity.config import Settings
 from identity.faces.models.calibration import load_clustering
 from identity.faces.models.kinds import AlignMethod
 from identity.faces.models.manifest import ClusteringDefaults, ModelSpec
 
 
-def explicit(settings: Settings, name: str) -> object | None:
-    """The setting's value when the user set it, else None."""
-    value = getattr(settings, name, None)
-    if value is None or name not in settings.model_fields_set:
+def explicit(group: BaseModel, name: str) -> object | None:
+    """The group's setting when the user set it, else None."""
+    value = getattr(group, name, None)
+    if value is None or name not in group.model_fields_set:
         return None
     return value
 
 
 def alignment_method(spec: ModelSpec, settings: Settings) -> AlignMethod:
     """IDENTITY_ALIGNMENT when set, else the model's alignment."""
-    chosen = explicit(settings, "alignment")
+    chosen = explicit(settings.pipeline, "alignment")
     return spec.alignment if chosen is None else AlignMethod.parse(chosen, "alignment")
 
 
@@ -33,5 +35,5 @@ def clustering(spec: ModelSpec, settings: Settings) -> ClusteringDefaults:
     """The model's clustering parameters (calibration file, else manifest), with the floor
     replaced by IDENTITY_CLUSTER_THRESHOLD when set."""
     params = load_clustering(spec, settings)
-    floor = explicit(settings, "cluster_threshold")
+    floor = explicit(settings.cluster, "threshold")
     return params if floor is None else replace(params, floor=float(floor))

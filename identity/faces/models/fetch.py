@@ -235,7 +235,7 @@ def fetch(
     accept_license: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Download a model's weights into settings.models_dir, verified, written atomically.
+    """Download a model's weights into settings.pipeline.models_dir, verified, written atomically.
 
     Idempotent: a file already present with the right size and digest is kept. A model
     whose licence restricts its use (non-commercial) is refused with

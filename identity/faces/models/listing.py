@@ -20,7 +20,7 @@ def describe(spec: ModelSpec, settings: Settings) -> dict:
         "input_size": spec.input_size,
         "normalization": spec.normalization.value,
         "alignment": f"{spec.alignment.value}/{spec.template.value}",
-        "default": spec.name == settings.model,
+        "default": spec.name == settings.pipeline.model,
         "status": status.status.value,
         "detail": status.detail,
         "weights": str(status.path),

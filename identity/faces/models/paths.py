@@ -18,7 +18,7 @@ from identity.faces.models.manifest import ModelSpec
 
 
 def weight_path(spec: ModelSpec, settings: Settings) -> Path:
-    return Path(settings.models_dir) / spec.weight_file.name
+    return Path(settings.pipeline.models_dir) / spec.weight_file.name
 
 
 def _dir_writable(directory: Path) -> bool:
@@ -34,9 +34,9 @@ def _dir_writable(directory: Path) -> bool:
 
 
 def cache_dir(spec: ModelSpec, settings: Settings) -> Path:
-    """settings.cache_dir if set; else next to the weight file if writable; else the user cache."""
-    if settings.cache_dir is not None:
-        return Path(settings.cache_dir)
+    """settings.pipeline.cache_dir if set; else next to the weight file if writable; else the user cache."""
+    if settings.pipeline.cache_dir is not None:
+        return Path(settings.pipeline.cache_dir)
     source_dir = weight_path(spec, settings).parent
     if _dir_writable(source_dir):
         return source_dir

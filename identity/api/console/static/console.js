@@ -49,16 +49,23 @@ document.addEventListener("drop", (event) => {
 });
 
 // Show what a file input holds (a drop leaves no other trace).
-document.addEventListener("change", (event) => {
-  const input = event.target;
-  if (!(input instanceof HTMLInputElement) || input.type !== "file") return;
+function showFiles(input) {
   const label = input.closest("[data-drop-target]");
   const shown = label && label.querySelector("[data-files]");
   if (shown) {
     const n = input.files.length;
     shown.textContent = n === 0 ? "" : n === 1 ? input.files[0].name : `${n} files`;
   }
+}
+document.addEventListener("change", (event) => {
+  const input = event.target;
+  if (input instanceof HTMLInputElement && input.type === "file") showFiles(input);
 });
+// This script is deferred: the page shows its forms before it runs, so a file chosen in
+// that moment (a slow connection, a busy machine) fired its change event unheard.
+for (const input of document.querySelectorAll("[data-drop-target] input[type=file]")) {
+  if (input.files.length) showFiles(input);
+}
 
 // "(3 selected)" beside a selection's actions.
 function countSelected(root) {
