@@ -35,7 +35,7 @@ DEFAULT = (224, 85)
 
 
 def detect_all(paths: list[Path], settings: Settings) -> list[tuple]:
-    detector = Detector(settings)
+    detector = Detector.from_settings(settings.pipeline)
     found = []
     for start in range(0, len(paths), 32):
         images = [decode_image(p.read_bytes(), source=str(p), max_pixels=settings.pipeline.max_image_pixels,
@@ -101,7 +101,7 @@ def realign(paths: list[Path], settings: Settings) -> dict:
     from identity.faces.pipeline import FacePipeline
     from identity.faces.types import DetectedFace
 
-    pipeline = FacePipeline(settings)
+    pipeline = FacePipeline.from_settings(settings)
     sims = []
     for result in pipeline.process(paths, keep_chips=True):
         for face in result.faces:

@@ -48,7 +48,7 @@ def embed(args: argparse.Namespace) -> None:
 
     settings = Settings(model=args.model, models_dir=ROOT.parent / "shared" / "models",
                         cache_dir=OUT / "weights-cache", device="cpu")
-    pipeline = FacePipeline(settings)
+    pipeline = FacePipeline.from_settings(settings)
     paths = sorted(str(p) for p in LFW_DIR.glob("*/*.jpg"))
     rows: dict[str, list] = {k: [] for k in ("embeddings", "paths", "labels", "boxes", "probs", "image_index")}
     start = time.perf_counter()

@@ -101,7 +101,7 @@ def crops_for(
     method: str,
     faces: list[tuple[int, DetectedFace | None]],
 ) -> np.ndarray:
-    size, margin = pipeline.spec.input_size, pipeline.settings.pipeline.margin
+    size, margin = pipeline.spec.input_size, pipeline.margin
     rel = fallback_box(det)
     out = np.zeros((len(faces), size, size, 3), np.uint8)
     for k, (i, face) in enumerate(faces):
@@ -184,7 +184,7 @@ def main() -> None:
         device="cpu",
         data_dir=out / "data",
     )
-    pipeline = FacePipeline(settings)
+    pipeline = FacePipeline.from_settings(settings)
     plain_embedder = Embedder(
         pipeline.embedder.network,
         dim=pipeline.dim,
@@ -392,7 +392,7 @@ def write_all_faces(
         plain, mirrored, _ = plain_and_mirrored(
             embedder, crops_for(pipeline, det, method, [rows[k] for k in others])
         )
-        emb[others] = normalise(plain + mirrored) if pipeline.settings.pipeline.flip else normalise(plain)
+        emb[others] = normalise(plain + mirrored) if pipeline.embedder.flip else normalise(plain)
     inv = np.array([1.0 / det.scales[i] for i, _ in rows], np.float32)[:, None]
     np.savez_compressed(
         path,

@@ -309,16 +309,16 @@ def ours_lfw(
 
     pairs = load_pairs(image_dir, pairs_file, per_fold_half=half)
     paths = pairs.unique_paths()
-    spec, settings = pipeline.spec, pipeline.settings
+    spec = pipeline.spec
     raw = Embedder(pipeline.embedder.network, dim=spec.dim, input_size=spec.input_size,
                    normalization=spec.normalization, device=pipeline.device, flip=False,
-                   batch_size=settings.pipeline.batch_size, normalize=False)
+                   batch_size=pipeline.batch_size, normalize=False)
     start = time.perf_counter()
     crops = np.zeros((len(paths), spec.input_size, spec.input_size, 3), np.uint8)
     detected = np.zeros(len(paths), bool)
     relative, missing = [], []
-    for first in range(0, len(paths), settings.pipeline.batch_size):
-        batch = paths[first : first + settings.pipeline.batch_size]
+    for first in range(0, len(paths), pipeline.batch_size):
+        batch = paths[first : first + pipeline.batch_size]
         images = [pipeline.decode(str(p)).pixels for p in batch]
         for k, (pixels, faces) in enumerate(zip(images, pipeline.detector.detect(images))):
             i = first + k
@@ -326,7 +326,7 @@ def ours_lfw(
             h, w = pixels.shape[:2]
             if chosen:
                 crops[i] = align(pixels, chosen[0], method=pipeline.alignment, image_size=spec.input_size,
-                                 margin=settings.pipeline.margin, template=spec.template)
+                                 margin=pipeline.margin, template=spec.template)
                 detected[i] = True
                 relative.append(np.array(chosen[0].box) / [w, h, w, h])
             else:
@@ -334,7 +334,7 @@ def ours_lfw(
     box = np.median(relative, axis=0)
     for i, pixels in missing:  # the runner's fallback: the median central box, cropped
         h, w = pixels.shape[:2]
-        crops[i] = crop(pixels, tuple(box * [w, h, w, h]), image_size=spec.input_size, margin=settings.pipeline.margin)
+        crops[i] = crop(pixels, tuple(box * [w, h, w, h]), image_size=spec.input_size, margin=pipeline.margin)
     plain = raw.embed(crops)
     mirrored = raw.embed(np.ascontiguousarray(crops[:, :, ::-1]))
     seconds = time.perf_counter() - start
@@ -342,7 +342,7 @@ def ours_lfw(
     for flip in (False, True):
         emb = plain + mirrored if flip else plain
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-        if flip == settings.pipeline.flip:  # the factorisation reproduces FacePipeline.process
+        if flip == pipeline.embedder.flip:  # the factorisation reproduces FacePipeline.process
             first = [i for i in range(len(paths)) if detected[i]][:16]
             theirs = np.stack([r.faces[0].embedding for r in
                                pipeline.process([str(paths[i]) for i in first], select="central")])
@@ -386,8 +386,8 @@ def main() -> None:
             runners[name] = Peer(scrfd_path, args.models_dir / "w600k_mbf.onnx", args.peer_threshold,
                                  threads=1 if name == PEER_1T else 0)
         else:
-            runners[name] = FacePipeline(Settings(models_dir=args.models_dir, cache_dir=args.scrfd_dir,
-                                                  device="auto", **parse_config(name)))
+            runners[name] = FacePipeline.from_settings(Settings(models_dir=args.models_dir, cache_dir=args.scrfd_dir,
+                                                                device="auto", **parse_config(name)))
     paths = sorted(args.data.glob("*/*.jpg"))[: args.limit]
     for runner in runners.values():  # warm-up: first-call allocations, thread pools
         run_chunk(runner, paths[:8])

@@ -91,7 +91,7 @@ def main() -> None:
     paths = sorted(args.data.glob("*/*.jpg"))[: args.limit]
     subset = paths[: args.naive_limit]
     base = dict(models_dir=args.models_dir, device="auto")
-    plain = FacePipeline(Settings(**base, flip=False))
+    plain = FacePipeline.from_settings(Settings(**base, flip=False))
     list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
 
     # The same images, the same work (one face per image, no flip), interleaved.
@@ -111,7 +111,7 @@ def main() -> None:
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     load_subset_end = os.getloadavg()
     full_s, full_images, full_faces, _ = pipeline_run(plain, paths, select="all")
-    flipped = FacePipeline(Settings(**base, flip=True))
+    flipped = FacePipeline.from_settings(Settings(**base, flip=True))
     flip_s, flip_images, flip_faces, _ = pipeline_run(flipped, paths, select="all")
 
     figures = {

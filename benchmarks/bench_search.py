@@ -95,7 +95,7 @@ SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 64, 96, 128)}
 
 
 def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth, labels, *, override=None) -> list[Row]:
-    spec = choose_spec(settings, n, dim, kind=kind)
+    spec = choose_spec(settings.index, n, dim, kind=kind)
     if override:
         spec = replace(spec, **override)
     before = rss_mb()
@@ -351,7 +351,7 @@ def run_config(n, dim, args, out: Path) -> None:
             continue
         if kind == "ivfpq" and dim > 256 and not big:
             continue
-        override = {"nlist": min(4096, choose_spec(settings, n, dim, kind="ivf").nlist)} if big else None
+        override = {"nlist": min(4096, choose_spec(settings.index, n, dim, kind="ivf").nlist)} if big else None
         if override and kind in ("ivf", "ivfpq"):
             override["nprobe"] = 64
         for row in bench_faiss(kind, settings, *common, override=override if kind in ("ivf", "ivfpq") else None):

@@ -16,7 +16,7 @@ import numpy as np
 
 from identity.config import Settings
 from identity.faces.detect import Detector, select_faces
-from identity.faces.pipeline import load_image
+from identity.faces.pipeline import DecodeLimits, load_image
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-dev"
 
@@ -28,11 +28,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=160)
     args = parser.parse_args()
     settings = Settings(device="cpu")
-    detector = Detector(settings)
+    detector = Detector.from_settings(settings.pipeline)
     paths = sorted(LFW.glob("*/*.jpg"))[: args.limit]
     points = []
     for start in range(0, len(paths), 32):
-        images = [load_image(p, settings).pixels for p in paths[start : start + 32]]
+        images = [load_image(p, DecodeLimits.from_settings(settings.pipeline)).pixels for p in paths[start : start + 32]]
         for pixels, faces in zip(images, detector.detect(images)):
             chosen = select_faces(faces, pixels.shape, "central")
             if not chosen:

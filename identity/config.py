@@ -205,6 +205,17 @@ class ApiSettings(_Group):
     rate_limit_storage: str = Field(
         "memory://", description="Where rate-limit counters live (`limits` storage URL): memory:// "
         "counts per API process; a redis:// URL shares them between processes and replicas.")
+    cache_seconds: float = Field(
+        60.0, ge=0, description="API keys and the names of persons in search results are kept in "
+        "each API process's memory and dropped when the database announces a change (a revoked "
+        "key stops working, a rename shows, within milliseconds: identity/store/readcache.py); "
+        "nothing is served from memory while the announcements cannot arrive, and an entry is "
+        "read again after this many seconds, the bound should one be lost all the same. "
+        "0: no cache, every request reads the database.")
+    access_log: bool = Field(
+        False, description="Log a line per request (uvicorn's access log). Off by default: "
+        "on the search path it costs several percent of the CPU; /metrics counts requests by "
+        "route and status either way, and errors are always logged.")
 
 
 class WorkerSettings(_Group):

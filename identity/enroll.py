@@ -165,13 +165,15 @@ def enroll_batch(
     *,
     pipeline: FacePipeline,
     store: Store,
+    max_bytes: int,
     largest_face: bool = False,
     job_id: str | None = None,
 ) -> list[ItemOutcome]:
     """Process and store one batch in one transaction. Outcomes in input order. With
-    `job_id`, the transaction writes only while that job is active (`JobEndedError`)."""
-    return next(enroll_stream([items], pipeline=pipeline, store=store, largest_face=largest_face,
-                              job_id=job_id))
+    `job_id`, the transaction writes only while that job is active (`JobEndedError`).
+    A file larger than `max_bytes` (the API's upload limit) is refused unread."""
+    return next(enroll_stream([items], pipeline=pipeline, store=store, max_bytes=max_bytes,
+                              largest_face=largest_face, job_id=job_id))
 
 
 def enroll_stream(
@@ -179,6 +181,7 @@ def enroll_stream(
     *,
     pipeline: FacePipeline,
     store: Store,
+    max_bytes: int,
     largest_face: bool = False,
     job_id: str | None = None,
 ) -> Iterator[list[ItemOutcome]]:
@@ -190,7 +193,7 @@ def enroll_stream(
 
     def refs() -> Iterator[ImageRef]:
         for batch in batches:
-            plan = _plan(batch, store, model.name, max_bytes=pipeline.settings.api.max_upload_bytes)
+            plan = _plan(batch, store, model.name, max_bytes=max_bytes)
             planned.append(plan)
             yield from plan.refs
 
@@ -202,7 +205,7 @@ def enroll_stream(
     # refs() plans a batch before yielding its first ref, so every result's batch is planned.
     # Chips are cut while the decoded photo is at hand: afterwards only a backfill from
     # the source file could make them.
-    for result in pipeline.process(refs(), keep_chips=pipeline.settings.store.chips):
+    for result in pipeline.process(refs(), keep_chips=pipeline.keep_chips):
         next(p for p in planned if len(p.results) < len(p.refs)).results.append(result)
         yield from committed()
     yield from committed()

@@ -158,6 +158,13 @@ class ConflictError(IdentityError):
     code = "conflict"
 
 
+class ModelMoveError(ConflictError):
+    """A model move (`identity models migrate`) cannot take this step now: another move is
+    open, it is in another state, or faces still lack a vector of the target model."""
+
+    code = "model_move"
+
+
 class JobEndedError(ConflictError):
     """Work for a job that was cancelled, failed or finished meanwhile: refused before
     anything is written (see identity/store/jobs.py: lock_active)."""

@@ -239,6 +239,7 @@ def enroll_job_batch(service: Service, job_id: str, number: int, batch: list[Enr
         raise JobEndedError(f"job {job_id} is {status or 'gone'}; batch {number} not run")
     with service.model_lock:
         outcomes = enroll_batch(batch, pipeline=service.pipeline, store=service.store,
+                                max_bytes=service.settings.api.max_upload_bytes,
                                 largest_face=largest_face, job_id=job_id)
     if job_store.record_batch(service.store, job_id, number, [asdict(o) for o in outcomes]):
         on_job_end(service, job_id, "succeeded")
@@ -345,7 +346,7 @@ def recover_jobs(service: Service) -> list[tuple[str, str]]:
         if why is None:
             continue
         who = describe_owner(job.owner)
-        resumable = job.kind == "cluster" or job.params.get("client") is None
+        resumable = job.kind in ("cluster", "model_move") or job.params.get("client") is None
         if job.resumes >= settings.workers.job_max_resumes or not resumable:
             reason = (f"{who} driving this job is gone ({why}) and it cannot be resumed from here"
                       if not resumable else
@@ -356,12 +357,17 @@ def recover_jobs(service: Service) -> list[tuple[str, str]]:
                 on_job_end(service, job.id, "failed")
                 taken.append((job.id, "failed"))
             continue
-        if not job_store.claim(service.store, job.id, previous=job.owner, owner=new_owner):
+        # A model move always runs in the process that claims it (start_model_move_job).
+        owner = me if job.kind == "model_move" else new_owner
+        if not job_store.claim(service.store, job.id, previous=job.owner, owner=owner):
             continue  # another process took it first
         log.warning("job %s: %s driving it is gone (%s); resuming", job.id, who, why)
         try:
             if job.kind == "cluster":
                 service.runner.submit_cluster_job(job.id, job.params)
+                resumed = True
+            elif job.kind == "model_move":
+                submit_model_move_job(service, job.id, job.params)
                 resumed = True
             else:
                 resumed = resume_enroll_job(service, job.id, job.params)
@@ -401,6 +407,68 @@ class JobSupervisor(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+# --- model moves (identity/moves.py) ---------------------------------------------------------------
+
+
+def start_model_move_job(service: Service, spec: dict[str, Any], *, key_id: str | None = None) -> job_store.Job:
+    """`identity models migrate` as a job: spec {"target": NAME} re-embeds and switches,
+    {"finalize": true} drops the old vectors. It runs in this process (a move loads the
+    target's weights once and walks the whole store: one long task, not batches for
+    workers), owned and heart-beaten like a local job, so if this process dies the next
+    API start resumes it; the move itself resumes from what is missing."""
+    from identity.errors import InputError
+
+    if bool(spec.get("target")) == bool(spec.get("finalize")):
+        raise InputError("give either a target model or finalize")
+    if spec.get("target"):
+        from identity.faces import models
+
+        models.get_model(spec["target"])  # an unknown name fails here, not in the job
+    owner = process_owner()
+    progress = service.store.move_progress(move) if (move := service.store.open_move()) else None
+    job_id = job_store.create_job(service.store, "model_move", params=spec,
+                                  total_items=progress["faces"] if progress else 0, total_batches=1,
+                                  key_id=key_id, owner=owner)
+    keep_alive(service)
+    submit_model_move_job(service, job_id, spec)
+    return job_store.get_job(service.store, job_id, with_outcomes=False)
+
+
+def submit_model_move_job(service: Service, job_id: str, spec: dict[str, Any]) -> None:
+    def work() -> None:
+        try:
+            model_move_job(service, job_id, spec)
+        except Exception:  # noqa: BLE001 - recorded on the job by model_move_job
+            log.debug("model-move job %s ended with an error (recorded on the job)", job_id)
+
+    threading.Thread(target=work, name=f"job-{job_id[:8]}", daemon=True).start()
+
+
+def model_move_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run a model-move job; its result is the move's report (or the finalized move)."""
+    try:
+        if not job_store.set_status(service.store, job_id, "running"):
+            raise JobEndedError(f"job {job_id} is {job_store.status_of(service.store, job_id)}; not run")
+        if spec.get("finalize"):
+            result = service.finalize_model_move().to_dict()
+            done = 0
+        else:
+            def progress(done: int, total: int) -> None:
+                job_store.set_progress(service.store, job_id, items_done=done, total_items=total)
+
+            report = service.migrate_model(spec["target"], on_progress=progress)
+            result, done = report.to_dict(), report.faces
+        if job_store.set_status(service.store, job_id, "succeeded", result=result, items_done=done):
+            on_job_end(service, job_id, "succeeded")
+        job_store.record_batch(service.store, job_id, 0, [])
+        return result
+    except JobEndedError:
+        raise
+    except Exception as exc:
+        fail_job(service, job_id, exc)
+        raise
 
 
 # --- clustering jobs ---------------------------------------------------------------------------------

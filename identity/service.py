@@ -8,7 +8,9 @@ network. Routers and commands stay thin: parse, call one method here, format.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,7 +24,13 @@ from identity.errors import InputError, MultipleFacesError, NoFaceError
 from identity.faces import models
 from identity.faces.detect import Detector, ScrfdDetector, Selection, make_detector
 from identity.faces.embed import resolve_device
-from identity.faces.pipeline import FacePipeline, as_ref, decode_or_error, to_full_resolution
+from identity.faces.pipeline import (
+    DecodeLimits,
+    FacePipeline,
+    as_ref,
+    decode_or_error,
+    to_full_resolution,
+)
 from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
 
 if TYPE_CHECKING:
@@ -31,7 +39,12 @@ if TYPE_CHECKING:
     from identity.runners import Runner
     from identity.store import Store
     from identity.store.jobs import Job
+    from identity.store.readcache import ServingCaches
     from identity.store.types import ModelInfo
+
+
+_log = logging.getLogger(__name__)
+_MODEL_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,12 @@ class Service:
         self._runner = runner
         self._owned: set[str] = set()  # resources this service opened, so it closes them
         self._opening = threading.RLock()
+        self._caches: ServingCaches | None = None  # API keys and person names (serving_caches)
+        # The model this service serves: the configured one until the store says a model
+        # move replaced it (follow_moves); checked at most once a second.
+        self._configured_model = self.settings.pipeline.model
+        self._model_checked = float("-inf")
+        self._switching = threading.Lock()
         # One model call at a time: the networks are not documented as thread-safe, and
         # on a GPU (or 2 CPU cores) concurrent calls only contend.
         self.model_lock = threading.Lock()
@@ -147,14 +166,15 @@ class Service:
     @property
     def pipeline(self) -> FacePipeline:
         """Detector and embedding network (loads the weights)."""
-        return self._open("pipeline", lambda: FacePipeline(self.settings))
+        return self._open("pipeline", lambda: FacePipeline.from_settings(self.settings))
 
     @property
     def detector(self) -> Detector | ScrfdDetector:
         """The detector alone: the pipeline's when it is loaded, else one without the embedding network."""
         if self._pipeline is not None:
             return self._pipeline.detector
-        return self._open("detector", lambda: make_detector(self.settings, resolve_device(self.settings.pipeline.device)))
+        return self._open("detector", lambda: make_detector(self.settings.pipeline,
+                                                           resolve_device(self.settings.pipeline.device)))
 
     @property
     def store(self) -> Store:
@@ -168,6 +188,9 @@ class Service:
         """The FAISS mirror of this model's faces: snapshot loaded, change-log tail replayed,
         then followed in the background so new faces become searchable within a second."""
         from identity.index import IndexMirror
+
+        if self._index is None:
+            self.follow_moves()
 
         def make() -> IndexMirror:
             mirror = IndexMirror(self.store, self.settings, self.model_info)
@@ -200,6 +223,8 @@ class Service:
         changed), the runner, the pool. Parts passed in belong to the caller."""
         if "index" in self._owned and self._index is not None:
             self._index.stop(snapshot=True)
+        if self._caches is not None:
+            self._caches.stop()
         if "runner" in self._owned and self._runner is not None:
             self._runner.close()
         if "store" in self._owned and self._store is not None:
@@ -220,8 +245,9 @@ class Service:
     def detect(self, refs: Iterable[ImageRef | str | Path]) -> Iterator[Detection | ImageResult]:
         """Boxes, landmarks and probabilities without loading the embedding network.
         Unreadable images come back as an `ImageResult` carrying the error."""
+        limits = DecodeLimits.from_settings(self.settings.pipeline)
         for ref in map(as_ref, refs):
-            image = decode_or_error(ref, self.settings)
+            image = decode_or_error(ref, limits)
             if isinstance(image, ImageResult):
                 yield image
                 continue
@@ -306,7 +332,9 @@ class Service:
         """One batch, one transaction, idempotent: the unit every runner runs."""
         from identity.enroll import enroll_batch
 
-        return enroll_batch(items, pipeline=self.pipeline, store=self.store, largest_face=largest_face)
+        self.follow_moves()
+        return enroll_batch(items, pipeline=self.pipeline, store=self.store,
+                            max_bytes=self.settings.api.max_upload_bytes, largest_face=largest_face)
 
     def enroll_stream(self, batches: Iterable[list[EnrollItem]], *,
                       largest_face: bool = False) -> Iterator[list[ItemOutcome]]:
@@ -314,7 +342,9 @@ class Service:
         each written in its own transaction."""
         from identity.enroll import enroll_stream
 
-        return enroll_stream(batches, pipeline=self.pipeline, store=self.store, largest_face=largest_face)
+        self.follow_moves()
+        return enroll_stream(batches, pipeline=self.pipeline, store=self.store,
+                             max_bytes=self.settings.api.max_upload_bytes, largest_face=largest_face)
 
     def enroll(self, items: Iterable, *, largest_face: bool = False, report: Path | None = None,
                on_progress=None) -> EnrollSummary:
@@ -369,6 +399,7 @@ class Service:
                          largest_face: bool = False) -> list[ItemOutcome]:
         from identity import jobs
 
+        self.follow_moves()
         return jobs.enroll_job_batch(self, job_id, number, batch, largest_face=largest_face)
 
     def fail_job(self, job_id: str, exc: BaseException) -> None:
@@ -439,7 +470,7 @@ class Service:
                                 k or self.settings.index.search_k, threshold, persons=person_ids)
         ids = {m.person_id for r in results for m in r.matches if m.person_id is not None}
         ids |= {r.nearest.person_id for r in results if r.nearest and r.nearest.person_id is not None}
-        people = self.store.persons_by_ids(sorted(ids))
+        people = self.person_names(sorted(ids))
 
         def nearest(r) -> PersonHit | None:
             if r.nearest is None or r.nearest.person_id not in people:
@@ -488,7 +519,11 @@ class Service:
         persons: Iterable[int | str] | None = None,
     ) -> list[FaceSearch]:
         """Every face in the photo, each with the enrolled persons it matches."""
-        result = self.pipeline.embed_image(ref)
+        self.follow_moves()
+        pipeline = self.pipeline
+        result = pipeline.embed_image(ref)
+        if pipeline.model_name != self.model_info.name:  # the store switched models meanwhile
+            result = self.pipeline.embed_image(ref)
         if result.error is not None:
             raise result.error
         if not result.faces:
@@ -620,16 +655,33 @@ class Service:
             current = self.store.rename_person(current.id, display_name, actor=actor)
         if metadata is not None:
             current = self.store.update_metadata(current.id, metadata, replace=replace_metadata, actor=actor)
+        self._forget_names()
         return current
 
     def rename_person(self, ref: int | str, display_name: str | None, *, actor: str | None = None):
-        return self.store.rename_person(ref, display_name, actor=actor)
+        try:
+            return self.store.rename_person(ref, display_name, actor=actor)
+        finally:
+            self._forget_names()
 
     def merge_persons(self, keep: int | str, other: int | str, *, actor: str | None = None):
-        return self.store.merge_persons(keep, other, actor=actor)
+        try:
+            return self.store.merge_persons(keep, other, actor=actor)
+        finally:
+            self._forget_names()
 
     def delete_person(self, ref: int | str, *, actor: str | None = None):
-        return self.store.delete_person(ref, actor=actor)
+        try:
+            return self.store.delete_person(ref, actor=actor)
+        finally:
+            self._forget_names()
+
+    def _forget_names(self) -> None:
+        """Read-your-writes in this process: the database's announcement of the change
+        (identity/store/readcache.py) reaches the cache a few milliseconds after the commit,
+        which the caller's next request may beat."""
+        if self._caches is not None:
+            self._caches.names.cache.clear()
 
     # --- corrections and history (identity/store/corrections.py) ---------------------------
 
@@ -692,6 +744,129 @@ class Service:
         """Persons, faces and embeddings as Parquet + JSON, readable without this project."""
         return self.store.export(out_dir)
 
+    # --- moving to another model (identity/moves.py) -------------------------------------
+
+    def follow_moves(self, *, force: bool = False) -> str:
+        """Serve the model the store serves (at most one check a second): the configured
+        model, unless a model move from it was switched, then the move's target. On a
+        switch, the target's pipeline and index are opened first (the index from the
+        snapshot the move wrote) and then swapped in together, so a search runs on one
+        model's pair, never a mix; the old index stops. Returns the served model."""
+        now = time.monotonic()
+        if not force and now - self._model_checked < _MODEL_CHECK_S:
+            return self.settings.pipeline.model
+        self._model_checked = now
+        from identity.errors import StoreError
+
+        try:
+            served, move = self.store.serving_model(self._configured_model)
+        except StoreError:  # the database is away: keep serving what this process serves
+            return self.settings.pipeline.model
+        if served == self.settings.pipeline.model:
+            return served
+        with self._switching:
+            if served == self.settings.pipeline.model:
+                return served
+            from identity.moves import model_info, model_settings
+
+            settings = model_settings(self.settings, served)
+            info = model_info(served)
+            _log.warning("the configured model is %s, but the store serves %s since model move %s; serving %s "
+                         "(set IDENTITY_MODEL=%s to say so)", self._configured_model, served,
+                         move.id if move else "?", served, served)
+            pipeline = FacePipeline.from_settings(settings) if self._pipeline is not None else None
+            index = None
+            if self._index is not None:
+                from identity.index import IndexMirror
+
+                index = IndexMirror(self.store, settings, info)
+                index.start()
+            with self._opening:
+                old_index = self._index if "index" in self._owned else None
+                self.settings = settings
+                self.__dict__["model_info"] = info
+                if pipeline is not None:
+                    self._pipeline = pipeline
+                    self._owned.add("pipeline")
+                if index is not None:
+                    self._index = index
+                    self._owned.add("index")
+            if old_index is not None:
+                old_index.stop(snapshot=True)
+        return served
+
+    @property
+    def configured_model(self) -> str:
+        """The model the settings name; `settings.pipeline.model` is the one served."""
+        return self._configured_model
+
+    def migrate_model(self, target: str, *, switch: bool = True, page: int | None = None, on_progress=None):
+        """Re-embed every stored face with `target`, build its index, switch (MoveReport)."""
+        from identity import moves
+
+        report = moves.migrate(self.store, self.settings, target, switch=switch, page=page or moves.PAGE,
+                               on_progress=on_progress)
+        if report.switched:
+            self.follow_moves(force=True)
+        return report
+
+    def start_model_move_job(self, spec: dict[str, Any], *, key_id: str | None = None) -> Job:
+        """The move (or its finalization) as a recorded job run by this process."""
+        from identity import jobs
+
+        return jobs.start_model_move_job(self, spec, key_id=key_id)
+
+    def finalize_model_move(self):
+        """Drop the old model's vectors of the switched move (ModelMove)."""
+        from identity import moves
+
+        return moves.finalize(self.store, self.settings)
+
+    def abandon_model_move(self):
+        """Give up the running move: its target vectors are deleted (ModelMove)."""
+        from identity.errors import ModelMoveError
+
+        move = self.store.open_move()
+        if move is None:
+            raise ModelMoveError("no model move is open")
+        return self.store.abandon_move(move)
+
+    def move_index_status(self) -> dict | None:
+        """During a model move, the model that is not served (the target while the move
+        runs, the old model once switched): its vectors in the database, its change-log
+        watermark, its index snapshot and the move's progress. None when no move is open."""
+        from identity.index.snapshot import read_meta, snapshot_dir
+
+        move = self.store.open_move()
+        if move is None:
+            return None
+        served = self.settings.pipeline.model
+        other = move.target if served != move.target else move.source
+        progress = self.store.move_progress(move)
+        meta = read_meta(snapshot_dir(self.settings.data_dir, other))
+        return {
+            "model": other,
+            "role": "target of the move (not served yet)" if other == move.target else "old model (no longer served)",
+            "move": move.id,
+            "move_state": move.state,
+            "faces_reembedded": progress["done"],
+            "faces_to_reembed": progress["faces"],
+            "vectors": self.store.counts()["faces"].get(other, {}).get("faces", 0),
+            "db_watermark": self.store.watermark(other),
+            "snapshot_watermark": None if meta is None else meta.watermark,
+            "snapshot_faces": None if meta is None else meta.count,
+        }
+
+    def model_moves(self) -> list[dict]:
+        """Every model move, with the progress of the open one."""
+        out = []
+        for move in self.store.model_moves():
+            row = move.to_dict()
+            if move.state in ("running", "switched"):
+                row["progress"] = self.store.move_progress(move)
+            out.append(row)
+        return out
+
     # --- API keys -------------------------------------------------------------------------
 
     def create_key(self, name: str, scopes: list[str]) -> tuple[str, str]:
@@ -708,9 +883,49 @@ class Service:
     def revoke_key(self, key_id: str):
         from identity.store.keys import revoke_key
 
-        return revoke_key(self.store, key_id)
+        try:
+            return revoke_key(self.store, key_id)
+        finally:
+            if self._caches is not None:  # at once in this process; the others hear of it
+                self._caches.keys.cache.invalidate(key_id)
 
     def authenticate(self, secret: str):
-        from identity.store.keys import authenticate
+        """The active key `secret` presents (AuthenticationError otherwise), from memory
+        when it was seen recently (`serving_caches`)."""
+        caches = self.serving_caches()
+        if caches is None:
+            from identity.store.keys import authenticate
 
-        return authenticate(self.store, secret)
+            return authenticate(self.store, secret)
+        return caches.keys.authenticate(secret)
+
+    def cached_key(self, secret: str):
+        """The key from memory without any I/O (None: not cached, call `authenticate`)."""
+        caches = self._caches
+        return None if caches is None else caches.keys.cached(secret)
+
+    # --- serving caches -------------------------------------------------------------------
+
+    def serving_caches(self) -> ServingCaches | None:
+        """API keys and person names kept in memory, dropped when the database announces a
+        change (identity/store/readcache.py); None when `api.cache_seconds` is 0."""
+        if self._caches is not None:
+            return self._caches
+        if self.settings.api.cache_seconds <= 0:
+            return None
+        with self._opening:
+            if self._caches is None:
+                from identity.store.readcache import ServingCaches
+
+                self._caches = ServingCaches(self.store, self.settings.api.cache_seconds).start()
+            return self._caches
+
+    def person_names(self, ids):
+        """{person id: (id, external_id, display_name)} of the persons among `ids` that
+        exist: what search results say about them."""
+        caches = self.serving_caches()
+        if caches is None:
+            from identity.store.readcache import person_names
+
+            return person_names(self.store, ids)
+        return caches.names.names(ids)

@@ -1,18 +1,28 @@
 """How the domain's objects look on the outside: one pydantic model per object, used by
-the API's responses and the CLI's `--json` alike, so both emit the same shape."""
+the API's responses and the CLI's `--json` alike, so both emit the same shape.
+
+Every model reads its domain object's attributes (`from_attributes`): `XOut.model_validate(obj)`
+is the one conversion, whoever calls it. Where the outside differs from the inside (ids as
+JSON object keys, tuples as lists), a validator of the model says so."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["AuditEntryOut", "AuditPageOut", "ChipOut", "DeleteOut", "FacePageOut", "MergeOut", "MoveOut",
+__all__ = ["AuditEntryOut", "AuditPageOut", "ChipOut", "DeleteOut", "FacePageOut", "MergeOut", "MoveOut", "Out",
            "PersonOut", "PersonPageOut", "PersonRefOut", "RemoveOut", "SplitOut", "StoredFaceOut", "UnmergeOut"]
 
 
-class PersonRefOut(BaseModel):
+class Out(BaseModel):
+    """A response body built from a domain object: `Model.model_validate(obj)`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PersonRefOut(Out):
     """Which person a response acted on: both of its names, so a client that sent either
     one can see which person it reached."""
 
@@ -20,7 +30,7 @@ class PersonRefOut(BaseModel):
     external_id: str
 
 
-class PersonOut(BaseModel):
+class PersonOut(Out):
     id: int
     external_id: str
     display_name: str | None
@@ -30,17 +40,13 @@ class PersonOut(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, person) -> PersonOut:
-        return cls.model_validate(person, from_attributes=True)
 
-
-class PersonPageOut(BaseModel):
+class PersonPageOut(Out):
     items: list[PersonOut]
     next_after: int | None
 
 
-class MergeOut(BaseModel):
+class MergeOut(Out):
     person: PersonOut
     merged_person_id: int | None = None
     merged_external_id: str
@@ -48,7 +54,7 @@ class MergeOut(BaseModel):
     audit_id: int | None = Field(None, description="The merge's audit entry: `POST /v1/audit/{id}/undo` undoes it.")
 
 
-class DeleteOut(BaseModel):
+class DeleteOut(Out):
     person_id: int
     external_id: str
     faces_deleted: int
@@ -58,7 +64,7 @@ class DeleteOut(BaseModel):
 # --- faces, corrections and the audit log ----------------------------------------------------
 
 
-class ChipOut(BaseModel):
+class ChipOut(Out):
     """Where a face's chip (`GET /v1/faces/{id}/chip`, a square JPEG) sits."""
 
     size: int = Field(description="Side of the square chip in pixels.")
@@ -70,15 +76,8 @@ class ChipOut(BaseModel):
         "full-resolution pixels (it may extend past the photo; that part is black).")
     bytes: int
 
-    @classmethod
-    def of(cls, info) -> ChipOut | None:
-        if info is None:
-            return None
-        return cls(size=info.size, landmarks=[list(p) for p in info.landmarks], region=list(info.region),
-                   bytes=info.bytes)
 
-
-class StoredFaceOut(BaseModel):
+class StoredFaceOut(Out):
     """A stored face: who it belongs to, where it is in its photo, its chip."""
 
     id: int
@@ -96,20 +95,13 @@ class StoredFaceOut(BaseModel):
     created_at: datetime
     chip: ChipOut | None = Field(description="None: no chip was kept for this face.")
 
-    @classmethod
-    def of(cls, face) -> StoredFaceOut:
-        return cls(id=face.id, person_id=face.person_id, external_id=face.external_id, image_id=face.image_id,
-                   image_sha256=face.image_sha256, source=face.source, face_index=face.face_index,
-                   box=list(face.box), landmarks=[list(p) for p in face.landmarks], det_prob=face.det_prob,
-                   quality=face.quality, model=face.model, created_at=face.created_at, chip=ChipOut.of(face.chip))
 
-
-class FacePageOut(BaseModel):
+class FacePageOut(Out):
     items: list[StoredFaceOut]
     next_after: int | None = Field(description="Pass as `after` for the next page; null on the last.")
 
 
-class AuditEntryOut(BaseModel):
+class AuditEntryOut(Out):
     """One person operation from the audit log."""
 
     id: int
@@ -126,59 +118,39 @@ class AuditEntryOut(BaseModel):
                            "while its faces still exist.")
     created_at: datetime
 
-    @classmethod
-    def of(cls, entry) -> AuditEntryOut:
-        return cls(id=entry.id, action=entry.action, person_id=entry.person_id, external_id=entry.external_id,
-                   persons=list(entry.persons), actor=entry.actor, details=entry.details,
-                   undone_by=entry.undone_by, undoable=entry.undoable, created_at=entry.created_at)
 
-
-class AuditPageOut(BaseModel):
+class AuditPageOut(Out):
     items: list[AuditEntryOut] = Field(description="Newest first.")
     next_before: int | None = Field(description="Pass as `before` for the next (older) page; null on the last.")
 
-    @classmethod
-    def of(cls, page) -> AuditPageOut:
-        return cls(items=[AuditEntryOut.of(e) for e in page.items], next_before=page.next_before)
 
-
-class MoveOut(BaseModel):
+class MoveOut(Out):
     person: PersonOut | None = Field(description="Who has the faces now (null: nobody, after unassign).")
     moved: list[int] = Field(description="The faces that changed person (faces already there are left out).")
     previous: dict[str, int | None] = Field(description="Face id → the person it had (null: nobody).")
     audit_id: int | None = Field(description="The audit entry; null when nothing changed.")
 
+    @field_validator("previous", mode="before")
     @classmethod
-    def of(cls, result) -> MoveOut:
-        return cls(person=None if result.person is None else PersonOut.of(result.person), moved=list(result.moved),
-                   previous={str(k): v for k, v in result.previous.items()}, audit_id=result.audit_id)
+    def _face_ids_as_keys(cls, previous: dict) -> dict:
+        return {str(k): v for k, v in previous.items()}  # JSON object keys are strings
 
 
-class RemoveOut(BaseModel):
+class RemoveOut(Out):
     face_ids: list[int]
     persons: list[int] = Field(description="The persons the faces belonged to (they stay, maybe faceless).")
     images_deleted: int = Field(description="Photos no other face used any more.")
     audit_id: int
 
-    @classmethod
-    def of(cls, result) -> RemoveOut:
-        return cls(face_ids=list(result.face_ids), persons=list(result.persons),
-                   images_deleted=result.images_deleted, audit_id=result.audit_id)
 
-
-class SplitOut(BaseModel):
+class SplitOut(Out):
     person: PersonOut = Field(description="The person split, after.")
     new_person: PersonOut
     faces_moved: int
     audit_id: int
 
-    @classmethod
-    def of(cls, result) -> SplitOut:
-        return cls(person=PersonOut.of(result.person), new_person=PersonOut.of(result.new_person),
-                   faces_moved=result.faces_moved, audit_id=result.audit_id)
 
-
-class UnmergeOut(BaseModel):
+class UnmergeOut(Out):
     person: PersonOut = Field(description="The merged-away person, back with its id, external id, "
                               "aliases, name, metadata and faces.")
     survivor: PersonOut
@@ -186,9 +158,3 @@ class UnmergeOut(BaseModel):
     audit_id: int = Field(description="The 'unmerge' entry.")
     kept_survivor_changes: bool = Field(
         description="The survivor's name or metadata changed after the merge, so they were left as they are.")
-
-    @classmethod
-    def of(cls, result) -> UnmergeOut:
-        return cls(person=PersonOut.of(result.person), survivor=PersonOut.of(result.survivor),
-                   faces_moved=result.faces_moved, audit_id=result.audit_id,
-                   kept_survivor_changes=result.kept_survivor_changes)

@@ -69,6 +69,7 @@ class Scope(Choice):
 class JobKind(Choice):
     enroll = "enroll"
     cluster = "cluster"
+    model_move = "model_move"  # identity/moves.py: re-embed every face with another model
 
 
 class JobStatus(Choice):

@@ -69,7 +69,7 @@ def pipeline(model_settings):
     """One loaded face pipeline for the whole session (the network loads once)."""
     from identity.faces.pipeline import FacePipeline
 
-    return FacePipeline(model_settings)
+    return FacePipeline.from_settings(model_settings)
 
 
 # --- store: one real PostgreSQL + pgvector (pgserver) per test session ----------------
@@ -171,6 +171,36 @@ def service(store_settings, model_settings, pipeline):
     svc = Service(settings, pipeline=pipeline)  # the session's network, loaded once
     yield svc
     svc.close()
+
+
+@pytest.fixture
+def in_process(monkeypatch, capsys):
+    """`identity ARGS` run in this process through `identity.cli.main`, the function the
+    executable runs (the same exit codes and output), for a test about the commands rather
+    than the process: no Python start, no torch import per command. Called as
+    `in_process(*args, env=env)`: the IDENTITY_* variables of `env` are the command's
+    settings (and only they); stdin is empty, so a prompt gets no answer (no). Returns a
+    CompletedProcess (returncode, stdout, stderr) like `subprocess.run`."""
+    import io
+    import subprocess
+
+    from identity.cli import main
+    from identity.config import get_settings
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        for name in [n for n in os.environ if n.startswith("IDENTITY_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            if name.startswith("IDENTITY_"):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        get_settings.cache_clear()
+        with pytest.raises(SystemExit) as exited:
+            main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["identity", *args], exited.value.code, captured.out, captured.err)
+
+    return run
 
 
 @contextlib.contextmanager

@@ -85,7 +85,7 @@ def finish(manifest: Path, env: dict[str, str], report: Path) -> dict:
     return json.loads(stdout)
 
 
-def assert_invariants(url: str, summary: dict, env: dict[str, str]) -> None:
+def assert_invariants(url: str, summary: dict, env: dict[str, str], in_process) -> None:
     single = summary["enrolled"] + summary["already_present"]
     assert summary["total"] == PHOTOS and summary["unreadable"] == summary["conflict"] == 0
     assert single + summary["no_face"] + summary["multiple_faces"] == PHOTOS
@@ -95,8 +95,7 @@ def assert_invariants(url: str, summary: dict, env: dict[str, str]) -> None:
         ).fetchone()
         image_rows = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     assert faces == images == image_rows == distinct == single  # each photo once, nothing orphaned
-    status = subprocess.run([sys.executable, "-m", "identity.cli", "index", "status", "--json"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    status = in_process("index", "status", "--json", env=env)  # as a fresh process would find it
     assert status.returncode == 0, status.stderr[-2000:]
     index = json.loads(status.stdout)
     assert index["count"] == faces and index["lag"] == 0
@@ -108,7 +107,7 @@ def kill_points(rng: random.Random, n: int, low: int, high: int) -> list[int]:
 
 
 def test_killing_the_cli_at_random_points_loses_and_duplicates_nothing(manifest, pg_server, model_settings,
-                                                                       tmp_path):
+                                                                       in_process, tmp_path):
     url = pg_server.new_database("chaos_cli")
     env = base_env(model_settings, IDENTITY_DATABASE_URL=url, IDENTITY_DATA_DIR=str(tmp_path / "data"))
     rng = random.Random(SEED)
@@ -121,12 +120,12 @@ def test_killing_the_cli_at_random_points_loses_and_duplicates_nothing(manifest,
             os.killpg(run.pid, signal.SIGKILL)
         run.wait(timeout=60)
         assert reached or run.returncode == 0, run.stderr.read()[-2000:]
-    assert_invariants(url, finish(manifest, env, tmp_path / "final.csv"), env)
+    assert_invariants(url, finish(manifest, env, tmp_path / "final.csv"), env, in_process)
     pg_server.drop_database(url)
 
 
 def test_killing_the_embedded_postgresql_under_the_cli_loses_and_duplicates_nothing(manifest, model_settings,
-                                                                                    tmp_path):
+                                                                                    in_process, tmp_path):
     data = tmp_path / "embedded"
     env = base_env(model_settings, IDENTITY_DATA_DIR=str(data))
     rng = random.Random(SEED + 1)
@@ -146,13 +145,13 @@ def test_killing_the_embedded_postgresql_under_the_cli_loses_and_duplicates_noth
     assert killed >= 3
     summary = finish(manifest, env, tmp_path / "final.csv")
     try:
-        assert_invariants(attach_embedded(data), summary, env)
+        assert_invariants(attach_embedded(data), summary, env, in_process)
     finally:
         stop_embedded(data)
 
 
 def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest, pg_server, model_settings,
-                                                                       redis_url, tmp_path):
+                                                                       redis_url, in_process, tmp_path):
     url = pg_server.new_database("chaos_workers")
     redis.Redis.from_url(redis_url).flushdb()
     settings = model_settings.replace(**{
@@ -179,7 +178,8 @@ def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest,
     last.stop()
     assert run.returncode == 0, stderr[-2000:]
     assert killed >= 3
-    assert_invariants(url, json.loads(stdout), {k: v for k, v in env.items() if k != "IDENTITY_BROKER_URL"})
+    assert_invariants(url, json.loads(stdout), {k: v for k, v in env.items() if k != "IDENTITY_BROKER_URL"},
+                      in_process)
     pg_server.drop_database(url)
 
 
@@ -207,7 +207,7 @@ def stop_embedded(data: Path) -> None:
 
 
 def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
-        manifest, store, store_settings, model_settings, tmp_path):
+        manifest, store, store_settings, model_settings, in_process, tmp_path):
     from test_serve import Serve, serve_env
 
     view = tmp_path / "allowed" / "people"
@@ -255,8 +255,7 @@ def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
     assert running == 0
     assert faces == images == distinct == job["counts"].get("enrolled", 0) + job["counts"].get("already_present", 0)
     cli_env = base_env(model_settings, IDENTITY_DATABASE_URL=url, IDENTITY_DATA_DIR=str(tmp_path / "cli"))
-    status = subprocess.run([sys.executable, "-m", "identity.cli", "index", "status", "--json"], env=cli_env,
-                            capture_output=True, text=True, timeout=600)
+    status = in_process("index", "status", "--json", env=cli_env)
     assert json.loads(status.stdout)["count"] == faces
 
 

@@ -155,9 +155,9 @@ def test_enrollment_keeps_a_chip_from_which_the_face_re_aligns_to_the_same_embed
 def test_with_chips_off_enrollment_keeps_none(service):
     from identity.enroll import EnrollItem
 
-    service.pipeline.settings = service.pipeline.settings.replace(**{"chips": False})
+    service.pipeline.keep_chips = False  # settings.store.chips, as the pipeline was built with
     try:
         (outcome,) = service.enroll_batch([EnrollItem(str(PHOTO), "aaron")])
     finally:
-        service.pipeline.settings = service.pipeline.settings.replace(**{"chips": True})
+        service.pipeline.keep_chips = True
     assert outcome.status == "enrolled" and service.face(outcome.face_id).chip is None

@@ -1,5 +1,11 @@
-"""The `identity` command line, run as a user runs it: a subprocess, real files,
-exit codes checked."""
+"""The `identity` command line, run as a user runs it: real files, exit codes checked.
+
+Each command that computes (detect, embed, verify, evaluate, calibrate, cluster) runs at
+least once as a subprocess, the executable itself. The tests that run many commands in a row (persons,
+keys, saving clusters, what calibrating changed) run them in this process through `main`,
+the function the executable runs (the same exit codes and output), which spares each
+command a Python start and a torch import.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +120,7 @@ def test_models_list_shows_the_default_and_its_weights(env):
     assert {"facenet-vggface2-512", "facenet-casia-512"} <= set(models)
 
 
-def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_env, tmp_path):
+def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_env, in_process, tmp_path):
     import pyarrow.parquet as pq
 
     env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"]}
@@ -125,46 +131,46 @@ def test_persons_commands_and_export_work_on_an_enrolled_collection(env, store_e
         f"{LABELED / 'biden' / 'biden2.jpg'},joe,\n"
         f"{LABELED / 'obama' / 'obama2.jpg'},obama,\n"
     )
-    enrolled = identity("enroll", str(manifest), "--json", env=env)
+    enrolled = in_process("enroll", str(manifest), "--json", env=env)
     assert enrolled.returncode == 0, enrolled.stderr
     assert json.loads(enrolled.stdout)["enrolled"] == 3
 
-    assert identity("persons", "rename", "obama", "Barack Obama", env=env).returncode == 0
-    refused = identity("persons", "merge", "biden", "joe", env=env)  # asks first; no answer is no
+    assert in_process("persons", "rename", "obama", "Barack Obama", env=env).returncode == 0
+    refused = in_process("persons", "merge", "biden", "joe", env=env)  # asks first; no answer is no
     assert refused.returncode == 130 and "merge joe" in refused.stdout
-    merged = identity("persons", "merge", "biden", "joe", "--yes", env=env)
+    merged = in_process("persons", "merge", "biden", "joe", "--yes", env=env)
     assert merged.returncode == 0 and "1 face(s) moved" in merged.stdout
-    shown = json.loads(identity("persons", "show", "joe", "--json", env=env).stdout)
+    shown = json.loads(in_process("persons", "show", "joe", "--json", env=env).stdout)
     assert shown["external_id"] == "biden" and shown["aliases"] == ["joe"] and shown["face_count"] == 2
 
-    listed = json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]
+    listed = json.loads(in_process("persons", "list", "--json", env=env).stdout)["items"]
     assert {p["external_id"]: p["display_name"] for p in listed} == {
         "biden": "Joe Biden", "obama": "Barack Obama"}
 
-    missing = identity("persons", "show", "nobody", env=env)
+    missing = in_process("persons", "show", "nobody", env=env)
     assert missing.returncode == 5 and "nobody" in missing.stderr
 
-    deleted = identity("persons", "delete", "obama", "--yes", env=env)
+    deleted = in_process("persons", "delete", "obama", "--yes", env=env)
     assert deleted.returncode == 0 and "1 face(s)" in deleted.stdout
 
-    exported = identity("export", "--out", str(tmp_path / "dump"), env=env)
+    exported = in_process("export", "--out", str(tmp_path / "dump"), env=env)
     assert exported.returncode == 0, exported.stderr
     faces = pq.read_table(next((tmp_path / "dump").glob("faces*.parquet"))).to_pylist()
     assert len(faces) == 2
 
 
-def test_api_keys_are_created_listed_and_revoked(env, store_env):
+def test_api_keys_are_created_listed_and_revoked(env, store_env, in_process):
     env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"]}
-    created = identity("keys", "create", "ci", "--scope", "enroll", "--json", env=env)
+    created = in_process("keys", "create", "ci", "--scope", "enroll", "--json", env=env)
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
     assert key["key"].startswith(f"idk_{key['key_id']}_")
-    listed = json.loads(identity("keys", "list", "--json", env=env).stdout)
+    listed = json.loads(in_process("keys", "list", "--json", env=env).stdout)
     assert [(k["key_id"], k["scopes"], k["revoked_at"]) for k in listed] == [
         (key["key_id"], ["enroll"], None)]
-    assert key["key"] not in identity("keys", "list", env=env).stdout
-    assert identity("keys", "revoke", key["key_id"], env=env).returncode == 0
-    assert json.loads(identity("keys", "list", "--json", env=env).stdout)[0]["revoked_at"]
+    assert key["key"] not in in_process("keys", "list", env=env).stdout
+    assert in_process("keys", "revoke", key["key_id"], env=env).returncode == 0
+    assert json.loads(in_process("keys", "list", "--json", env=env).stdout)[0]["revoked_at"]
 
 
 def small_pairs_file(tmp_path, per_kind: int = 12):
@@ -192,7 +198,7 @@ def test_evaluate_lfw_reports_accuracy_and_writes_the_roc_curve(env, tmp_path):
     assert json.loads((tmp_path / "report" / "lfw_report.json").read_text())["model"] == "facenet-keras-128"
 
 
-def test_calibrate_stores_thresholds_that_verify_then_uses(env, tmp_path):
+def test_calibrate_stores_thresholds_that_verify_then_uses(env, in_process, tmp_path):
     from conftest import LFW_DIR
 
     env = {**env, "IDENTITY_DATA_DIR": str(tmp_path / "data")}
@@ -201,11 +207,11 @@ def test_calibrate_stores_thresholds_that_verify_then_uses(env, tmp_path):
     assert result.returncode == 0, result.stderr
     levels = {name: level["similarity"] for name, level in json.loads(result.stdout)["levels"].items()}
     assert levels["loose"] <= levels["normal"] <= levels["strict"]
-    listed = json.loads(identity("models", "list", "--json", env=env).stdout)
+    listed = json.loads(in_process("models", "list", "--json", env=env).stdout)
     (default,) = [m for m in listed if m["default"]]
     assert default["thresholds"] == pytest.approx(levels, abs=1e-6)
-    verified = json.loads(identity("verify", str(LABELED / "biden" / "biden.jpg"),
-                                   str(LABELED / "biden" / "biden2.jpg"), "--json", env=env).stdout)
+    verified = json.loads(in_process("verify", str(LABELED / "biden" / "biden.jpg"),
+                                     str(LABELED / "biden" / "biden2.jpg"), "--json", env=env).stdout)
     assert verified["threshold"] == pytest.approx(levels["normal"], abs=1e-5)  # printed to 5 places
 
 
@@ -239,16 +245,16 @@ def test_evaluate_clusters_scores_against_folder_names(env):
     assert metrics["n_clusters"] >= 1
 
 
-def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, store_env, tmp_path):
+def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, store_env, in_process, tmp_path):
     env = {**env, "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"],
            "IDENTITY_CLUSTER_ALGORITHM": "chinese_whispers"}
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,person\n{LABELED / 'obama' / 'obama2.jpg'},obama\n")
-    assert identity("enroll", str(manifest), env=env).returncode == 0
+    assert in_process("enroll", str(manifest), env=env).returncode == 0
 
     args = ["cluster", str(LABELED / "obama"), str(LABELED / "rose_leslie"), "--out", str(tmp_path / "c"),
             "--folders", "none", "--no-sheets", "--save", "--json"]
-    first = identity(*args, env=env)
+    first = in_process(*args, env=env)
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
     assert "obama" in summary["matched"].values()
@@ -257,7 +263,7 @@ def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, sto
     assert len(unnamed) == 1  # Rose Leslie's two photos: one new, unnamed person
 
     persons = {p["external_id"]: p["face_count"] for p in
-               json.loads(identity("persons", "list", "--json", env=env).stdout)["items"]}
+               json.loads(in_process("persons", "list", "--json", env=env).stdout)["items"]}
     assert persons["obama"] == 5 and persons[unnamed[0]] == 2  # obama2 was enrolled already
 
     report = json.loads((tmp_path / "c" / "clusters.json").read_text())
@@ -265,7 +271,7 @@ def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, sto
     assert saved_as == set(summary["saved"]["persons"])  # which person each cluster became
     assert all(c["saved_as"]["person_id"] for c in report["clusters"])
 
-    mixed = identity(*args, env=env)  # the same --out again: refused, two runs never mix
+    mixed = in_process(*args, env=env)  # the same --out again: refused, two runs never mix
     assert mixed.returncode == 5 and "--force" in mixed.stderr
-    again = json.loads(identity(*args, "--force", env=env).stdout)  # saving the same clustering adds nothing
+    again = json.loads(in_process(*args, "--force", env=env).stdout)  # saving the same clustering adds nothing
     assert set(again["saved"]["images"]) == {"already_present"}

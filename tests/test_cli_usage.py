@@ -156,5 +156,5 @@ def test_the_cli_and_the_api_show_a_person_in_one_shape():
     when = datetime(2026, 1, 1, tzinfo=timezone.utc)
     ada = Person(7, "ada", "Ada", {"team": "x"}, when, when, aliases=("a",), face_count=2)
     assert ApiPerson is PersonOut
-    assert person_dict(ada) == PersonOut.of(ada).model_dump(mode="json")
+    assert person_dict(ada) == PersonOut.model_validate(ada).model_dump(mode="json")
     assert person_dict(ada)["face_count"] == 2 and person_dict(ada)["aliases"] == ["a"]

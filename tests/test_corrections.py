@@ -303,22 +303,19 @@ def test_corrections_through_the_api_are_recorded_under_the_calling_key(api):
 # --- through the CLI -----------------------------------------------------------------------------------
 
 
-def test_cli_corrections_history_undo_and_chips(model_settings, store_env, tmp_path):
+def test_cli_corrections_history_undo_and_chips(model_settings, store_env, in_process, tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
 
     from conftest import MISC_DIR, MODELS_DIR
 
     labeled = MISC_DIR / "small_labeled"
-    env = {**os.environ, "IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir),
+    env = {"IDENTITY_MODELS_DIR": str(MODELS_DIR), "IDENTITY_CACHE_DIR": str(model_settings.pipeline.cache_dir),
            "IDENTITY_DEVICE": "cpu", "IDENTITY_DATA_DIR": store_env["IDENTITY_DATA_DIR"],
            "IDENTITY_DATABASE_URL": store_env["IDENTITY_DATABASE_URL"], "IDENTITY_CHIPS": "false"}
 
-    def identity(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, check=False,
-                              text=True, timeout=600)
+    def identity(*args: str):
+        # The commands, not the process, are what this checks (test_cli.py runs the executable).
+        return in_process(*args, env=env)
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,person\n"

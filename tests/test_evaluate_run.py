@@ -135,9 +135,10 @@ def test_identification_on_the_mini_tree(pipeline, mini_lfw, embedded, tmp_path)
     assert json.loads(Path(report.report_json).read_text())["metrics"]["n_gallery"] == 10
 
 
-def test_calibration_on_the_mini_tree(pipeline, mini_lfw, embedded, tmp_path) -> None:
+def test_calibration_on_the_mini_tree(pipeline, model_settings, mini_lfw, embedded, tmp_path) -> None:
     root, pairs_file = mini_lfw
-    report = run_calibration(pipeline, root, pairs_file, embedded=embedded, write=False)
+    report = run_calibration(pipeline, root, pairs_file, settings=model_settings,
+                             embedded=embedded, write=False)
     n = (
         len(parse_pairs(pairs_file, root).unique_paths()) - 1
     )  # calibration uses the pairs' images with a face

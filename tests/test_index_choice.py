@@ -32,7 +32,7 @@ class _Store:
 
 def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
     settings = Settings(data_dir=tmp_path, index_exact_max=1000, index_use_gpu=False)
-    index = build_index(_batches(300), settings, 32)
+    index = build_index(_batches(300), settings.index, 32)
     assert index.spec.kind == "flat" and index.choice.reason.startswith("exact: 300 faces × 32-d")
     directory = snapshot_dir(tmp_path, MODEL.name)
     write_snapshot(directory, index, model=MODEL.name, model_version="v1", watermark=42)
@@ -45,7 +45,7 @@ def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
     assert status["chosen_because"] == index.choice.reason
     assert status["memory_estimate_mb"] > 0 and status["memory_budget_mb"] > status["memory_estimate_mb"]
 
-    bigger = build_index(_batches(1500), settings, 32)
+    bigger = build_index(_batches(1500), settings.index, 32)
     assert bigger.spec.kind == "hnsw" and "> index_exact_max 1,000" in bigger.choice.reason
 
 

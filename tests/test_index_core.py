@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from benchmarks.synthetic import FaceLikeGenerator, SimilarityTarget, calibrate, measure
-from identity.config import Settings
+from identity.config import IndexSettings, Settings
 from identity.errors import ModelMismatchError
 from identity.index.face_index import FaceIndex
 from identity.index.persons import ABSENT, NO_PERSON, PersonMap
@@ -183,7 +183,7 @@ def faces():
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
 def test_approximate_indexes_find_the_identity_of_a_new_face(faces, kind):
     gen, vectors, labels = faces
-    spec = choose_spec(Settings(index_type=kind, index_nlist=64, index_nprobe=16), len(vectors), 64)
+    spec = choose_spec(Settings(index_type=kind, index_nlist=64, index_nprobe=16).index, len(vectors), 64)
     index = FaceIndex(spec)
     index.train(vectors)
     index.add(np.arange(len(vectors)) + 1, labels, vectors)
@@ -226,19 +226,19 @@ def test_hnsw_update_with_a_new_vector_replaces_the_old_one(faces):
 
 def test_default_index_type_follows_the_size_and_memory_rule():
     s = Settings(index_exact_max=1000)
-    assert choose_spec(s, 1000, 128).kind == "flat"
-    assert choose(s, 1001, 128, gpu=False).spec.kind == "hnsw"  # recall >= 0.95 under a millisecond
-    assert choose(s, 1001, 128, gpu=True).spec.kind == "ivf"  # faiss has no GPU HNSW
-    assert choose(s, 10_000_000, 128, gpu=False).spec.kind in ("ivf", "ivfpq")  # HNSW build time
-    big = choose(s, 1_000_000, 128, gpu=True).spec
+    assert choose_spec(s.index, 1000, 128).kind == "flat"
+    assert choose(s.index, 1001, 128, gpu=False).spec.kind == "hnsw"  # recall >= 0.95 under a millisecond
+    assert choose(s.index, 1001, 128, gpu=True).spec.kind == "ivf"  # faiss has no GPU HNSW
+    assert choose(s.index, 10_000_000, 128, gpu=False).spec.kind in ("ivf", "ivfpq")  # HNSW build time
+    big = choose(s.index, 1_000_000, 128, gpu=True).spec
     assert (big.nlist, big.nprobe) == (4096, 64)
     assert default_nlist(100_000) == 1024 and default_pq_m(128) == 32 and default_pq_m(100) == 25
-    assert choose_spec(Settings(index_type="ivf", index_nlist=10, index_nprobe=99), 5, 8).nprobe == 10
+    assert choose_spec(Settings(index_type="ivf", index_nlist=10, index_nprobe=99).index, 5, 8).nprobe == 10
     assert default_ef_search(100_000) == 32 and 96 <= default_ef_search(1_000_000) <= 112
 
 
-def _budget(settings: Settings, mb: int) -> Settings:
-    return settings.replace(**{"index_memory_budget_mb": mb})
+def _budget(settings: Settings, mb: int) -> IndexSettings:
+    return settings.replace(**{"index_memory_budget_mb": mb}).index
 
 
 def test_the_memory_budget_moves_the_choice_and_the_reason_says_why():

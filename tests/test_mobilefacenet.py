@@ -342,7 +342,7 @@ def w600k_settings(weights_cache: Path, tmp_path_factory) -> Settings:
 def w600k_pipeline(w600k_settings: Settings):
     from identity.faces.pipeline import FacePipeline
 
-    return FacePipeline(w600k_settings)
+    return FacePipeline.from_settings(w600k_settings)
 
 
 @pytest.mark.slow

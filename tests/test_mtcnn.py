@@ -48,9 +48,9 @@ def test_summed_area_table_sums_rectangles():
 
 
 def _padded(paths, settings):
-    from identity.faces.pipeline import load_image
+    from identity.faces.pipeline import DecodeLimits, load_image
 
-    pixels = [load_image(p, settings).pixels for p in paths]
+    pixels = [load_image(p, DecodeLimits.from_settings(settings.pipeline)).pixels for p in paths]
     h = max(p.shape[0] for p in pixels)
     w = max(p.shape[1] for p in pixels)
     batch = np.zeros((len(pixels), h, w, 3), np.uint8)

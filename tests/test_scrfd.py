@@ -47,8 +47,7 @@ def _settings(detector: str, weights_cache, device: str = "cpu", **kw) -> Settin
 def _images(paths):
     from identity.faces.pipeline import load_image
 
-    settings = Settings()
-    return [load_image(p, settings).pixels for p in paths]
+    return [load_image(p).pixels for p in paths]
 
 
 def test_the_detector_is_a_setting_with_mtcnn_the_default():
@@ -102,8 +101,8 @@ def test_both_detectors_find_the_same_faces_on_real_photos(scrfd_weights, weight
     paths = sorted(GROUP.iterdir()) + sorted((MISC_DIR / "single_face").iterdir())
     nonface = sorted((MISC_DIR / "nonface").iterdir())
     images = _images(paths + nonface)
-    mtcnn = make_detector(_settings("mtcnn", weights_cache))
-    scrfd = make_detector(_settings("scrfd", weights_cache))
+    mtcnn = make_detector(_settings("mtcnn", weights_cache).pipeline)
+    scrfd = make_detector(_settings("scrfd", weights_cache).pipeline)
     assert isinstance(mtcnn, Detector) and isinstance(scrfd, ScrfdDetector)
     by_mtcnn, by_scrfd = mtcnn.detect(images), scrfd.detect(images)
     for path, a, b in zip(paths, by_mtcnn, by_scrfd):
@@ -122,7 +121,7 @@ def test_both_detectors_find_the_same_faces_on_real_photos(scrfd_weights, weight
 def test_the_scrfd_pipeline_embeds_group_photos(scrfd_weights, weights_cache):
     from identity.faces.pipeline import FacePipeline
 
-    pipeline = FacePipeline(_settings("scrfd", weights_cache))
+    pipeline = FacePipeline.from_settings(_settings("scrfd", weights_cache))
     results = {Path(r.source).name: r for r in pipeline.process(sorted(GROUP.iterdir()))}
     for name, count in EXPECTED.items():
         assert results[name].ok and len(results[name].faces) == count, name
@@ -142,14 +141,14 @@ def test_detectors_on_cuda_find_what_they_find_on_the_cpu(detector, weights_cach
     if detector == "scrfd":
         request.getfixturevalue("scrfd_weights")
     images = _images(sorted(GROUP.iterdir()) + sorted(LFW_DIR.glob("*/*.jpg"))[:8])
-    on_cpu = make_detector(_settings(detector, weights_cache)).detect(images)
-    on_gpu = make_detector(_settings(detector, weights_cache, "cuda"), "cuda").detect(images)
+    on_cpu = make_detector(_settings(detector, weights_cache).pipeline).detect(images)
+    on_gpu = make_detector(_settings(detector, weights_cache, "cuda").pipeline, "cuda").detect(images)
     for a, b in zip(on_cpu, on_gpu):
         assert len(a) == len(b)
         for fa, fb in zip(a, b):
             assert np.allclose(fa.box, fb.box, atol=1.0)
             assert np.allclose(fa.landmarks, fb.landmarks, atol=1.0)
-    pipeline = FacePipeline(_settings(detector, weights_cache, "cuda"))
+    pipeline = FacePipeline.from_settings(_settings(detector, weights_cache, "cuda"))
     assert pipeline.device.type == "cuda"
     results = list(pipeline.process(sorted(GROUP.iterdir())))
     assert [len(r.faces) for r in results] == [EXPECTED[Path(r.source).name] for r in results]

@@ -65,6 +65,8 @@ class RateLimits:
             self.limiter = strategies.MovingWindowRateLimiter(storage.storage_from_string(storage_url))
         except Exception as exc:  # limits raises ConfigurationError and friends
             raise ConfigError(f"rate_limit_storage = {storage_url!r}: {exc}") from None
+        # Counting in this process's memory is a few microseconds and no I/O.
+        self.in_memory = storage_url.startswith("memory://")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -108,6 +110,19 @@ class AccessMiddleware:
         self.limits.check(key)
         return key
 
+    def _admit_from_memory(self, headers: Headers) -> ApiKey | None:
+        """`_admit` when it needs no I/O (the key is cached and limits are counted in
+        memory), run on the event loop; None when it would block."""
+        if not self.limits.in_memory:
+            return None
+        presented = presented_key(headers.get("x-api-key"), headers.get("authorization"))
+        if not presented:
+            raise AuthenticationError(MISSING)
+        key = self.api.state.service.cached_key(presented)
+        if key is not None:
+            self.limits.check(key)
+        return key
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not protected(scope):
             await self.app(scope, receive, send)
@@ -118,8 +133,10 @@ class AccessMiddleware:
             await self.app(scope, receive, send)  # the body limit refuses it, unread and for free
             return
         try:
-            # Reading the key row (and a Redis-backed limit) is blocking I/O.
-            scope[SCOPE_KEY] = await run_in_threadpool(self._admit, headers)
+            # Reading the key row (and a Redis-backed limit) is blocking I/O: in a thread,
+            # unless the key is in memory (identity/store/readcache.py).
+            key = self._admit_from_memory(headers)
+            scope[SCOPE_KEY] = key if key is not None else await run_in_threadpool(self._admit, headers)
         except IdentityError as exc:
             # The body is never asked for. No `Connection: close`: closing a socket with
             # unread bytes makes the kernel reset it, which often destroys the answer before

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from identity.api import console, errors
 from identity.api.access import AccessMiddleware, RateLimits
 from identity.api.limits import BodyLimitMiddleware
-from identity.api.metrics import Metrics
+from identity.api.metrics import Metrics, MetricsMiddleware
 from identity.api.routes import enroll, faces, health, jobs, persons, vision
 from identity.api.schemas import ErrorResponse
 from identity.config import Settings, get_settings
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.job_supervisor = None
     app.state.metrics = Metrics(app)
     errors.install(app)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_upload_bytes)
     # Added last, so it runs first: key and rate limit are decided before the body limit reads a byte.
     app.add_middleware(AccessMiddleware, api=app, limits=RateLimits.from_settings(settings),
@@ -122,9 +122,11 @@ def serve(settings: Settings | None = None) -> None:
     if settings.api.workers > 1:
         # Each worker process builds its own app (and index mirror) from the environment.
         uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api.host,
-                    port=settings.api.port, workers=settings.api.workers, proxy_headers=True)
+                    port=settings.api.port, workers=settings.api.workers, proxy_headers=True,
+                    access_log=settings.api.access_log)
     else:
-        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, proxy_headers=True)
+        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, proxy_headers=True,
+                    access_log=settings.api.access_log)
 
 
 def _exit_on_sigterm() -> None:

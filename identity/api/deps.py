@@ -13,7 +13,8 @@ from identity.service import Service
 from identity.store.keys import ApiKey
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: a plain def dependency costs a trip through the thread pool on every request.
     return request.app.state.service
 
 

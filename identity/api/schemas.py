@@ -1,4 +1,5 @@
-"""Request and response bodies (pydantic), converted from the service's dataclasses."""
+"""Request and response bodies (pydantic). Response bodies are read from the service's
+dataclasses: `XOut.model_validate(obj)` (identity/views.py: `Out`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
 # Shown by the CLI too, so they live below both front ends.
-from identity.views import DeleteOut, MergeOut, PersonOut, PersonPageOut, PersonRefOut  # noqa: F401
+from identity.views import DeleteOut, MergeOut, Out, PersonOut, PersonPageOut, PersonRefOut  # noqa: F401
 from identity.vocabulary import JobKind, JobStatus
 
 Level = Literal["loose", "normal", "strict"]
@@ -43,19 +44,23 @@ class MergeIn(BaseModel):
                        "a person id, anything else an external id or alias.")
 
 
-class FaceOut(BaseModel):
+class FaceOut(Out):
     box: list[float] = Field(description="x1, y1, x2, y2 in the full-resolution image's pixels")
     landmarks: list[list[float]] = Field(description="5 points: eyes, nose, mouth corners")
     probability: float
 
+    @field_validator("box", mode="before")
     @classmethod
-    def of(cls, face) -> FaceOut:
-        return cls(box=[float(v) for v in face.box],
-                   landmarks=np.asarray(face.landmarks, dtype=float).reshape(-1, 2).tolist(),
-                   probability=float(face.probability))
+    def _box(cls, box) -> list[float]:
+        return [float(v) for v in box]
+
+    @field_validator("landmarks", mode="before")
+    @classmethod
+    def _landmarks(cls, landmarks) -> list[list[float]]:  # a 5 × 2 numpy array in the domain
+        return np.asarray(landmarks, dtype=float).reshape(-1, 2).tolist()
 
 
-class ItemOutcomeOut(BaseModel):
+class ItemOutcomeOut(Out):
     source: str
     person: str
     status: str
@@ -64,14 +69,14 @@ class ItemOutcomeOut(BaseModel):
     person_id: int | None = None
 
 
-class EnrollOut(BaseModel):
+class EnrollOut(Out):
     person: str = Field(description="The person's external id")
     person_id: int | None = Field(None, description="The person's id; null when nothing was enrolled "
                                   "to a person the upload would have created")
     outcomes: list[ItemOutcomeOut]
 
 
-class PersonHitOut(BaseModel):
+class PersonHitOut(Out):
     person_id: int
     external_id: str
     display_name: str | None
@@ -79,27 +84,15 @@ class PersonHitOut(BaseModel):
     faces: int
 
 
-class FaceSearchOut(BaseModel):
+class FaceSearchOut(Out):
     face: FaceOut | None
     known: bool
     matches: list[PersonHitOut]
     nearest_similarity: float | None
     threshold: float
 
-    @classmethod
-    def of(cls, found) -> FaceSearchOut:
-        return cls(
-            face=FaceOut.of(found.face) if found.face is not None else None,
-            known=found.known,
-            matches=[PersonHitOut(person_id=m.person_id, external_id=m.external_id,
-                                  display_name=m.display_name, similarity=float(m.similarity),
-                                  faces=m.faces) for m in found.matches],
-            nearest_similarity=found.nearest_similarity,
-            threshold=float(found.threshold),
-        )
 
-
-class SearchOut(BaseModel):
+class SearchOut(Out):
     source: str
     faces: list[FaceSearchOut]
 
@@ -111,11 +104,11 @@ class EmbeddingQuery(BaseModel):
     persons: list[str] | None = Field(None, max_length=1000)
 
 
-class EmbeddingSearchOut(BaseModel):
+class EmbeddingSearchOut(Out):
     results: list[FaceSearchOut]
 
 
-class VerifyOut(BaseModel):
+class VerifyOut(Out):
     model: str
     similarity: float
     distance: float
@@ -128,8 +121,18 @@ class VerifyOut(BaseModel):
     faces_in_b: int
     person: PersonRefOut | None = Field(None, description="The enrolled person compared against, when `person` was given")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _person(cls, data: Any) -> Any:
+        """A `Verification` names the person by `person_id` and `person_external_id`."""
+        if isinstance(data, dict) or not hasattr(data, "person_id"):
+            return data
+        fields = {name: getattr(data, name) for name in cls.model_fields if name != "person"}
+        person = None if data.person_id is None else {"id": data.person_id, "external_id": data.person_external_id}
+        return {**fields, "person": person}
 
-class DetectImageOut(BaseModel):
+
+class DetectImageOut(Out):
     source: str
     width: int = 0
     height: int = 0
@@ -137,7 +140,7 @@ class DetectImageOut(BaseModel):
     error: ErrorBody | None = None
 
 
-class DetectOut(BaseModel):
+class DetectOut(Out):
     images: list[DetectImageOut]
 
 
@@ -153,14 +156,22 @@ class ClusterJobIn(BaseModel):
     min_cluster_size: int | None = Field(None, ge=1, le=100_000)
 
 
-class JobCreated(BaseModel):
-    job_id: str
+class ModelMoveJobIn(BaseModel):
+    """`identity models migrate` as a job: `target` re-embeds every face with that model and
+    switches search to it when done; `finalize` (after the switch) drops the old vectors."""
+
+    target: str | None = Field(None, min_length=1, max_length=200, description="Model name (`identity models list`)")
+    finalize: bool = False
+
+
+class JobCreated(Out):
+    job_id: str = Field(validation_alias=AliasChoices("job_id", "id"))  # a `Job`'s id
     kind: JobKind
     status: JobStatus
     total_items: int
 
 
-class JobSummary(BaseModel):
+class JobSummary(Out):
     """A job in a listing: its state and progress, without outcomes or result."""
 
     id: str
@@ -175,12 +186,8 @@ class JobSummary(BaseModel):
     created_at: datetime | None
     finished_at: datetime | None
 
-    @classmethod
-    def of(cls, job) -> JobSummary:
-        return cls.model_validate(job, from_attributes=True)
 
-
-class JobList(BaseModel):
+class JobList(Out):
     jobs: list[JobSummary]
     next: str | None = Field(None, description="Pass as `after` for the next page; null on the last")
 
@@ -193,18 +200,23 @@ class JobOut(JobSummary):
     outcomes: list[dict[str, Any]]
     result: dict[str, Any] | None
 
+    @model_validator(mode="before")
     @classmethod
-    def of(cls, job) -> JobOut:
-        if job.kind == "enroll":
-            progress = job.items_done / job.total_items if job.total_items else 1.0
-        elif job.status in ("succeeded", "failed", "cancelled"):
+    def _progress(cls, data: Any) -> Any:
+        """A stored `Job` has no progress: it is its share of items done (enroll), or
+        0 until a clustering job ends, then 1."""
+        if isinstance(data, dict) or not hasattr(data, "items_done"):
+            return data
+        fields = {name: getattr(data, name) for name in cls.model_fields if name != "progress"}
+        if data.kind in ("enroll", "model_move"):  # a move counts its re-embedded faces as it goes
+            progress = data.items_done / data.total_items if data.total_items else 1.0
+        elif data.status in ("succeeded", "failed", "cancelled"):
             progress = 1.0
         else:  # clustering counts its photos (or faces) only when it is done
             progress = 0.0
-        return cls(**JobSummary.of(job).model_dump(), progress=round(min(progress, 1.0), 4),
-                   counts=job.counts, outcomes=job.outcomes, result=job.result)
+        return {**fields, "progress": round(min(progress, 1.0), 4)}
 
 
-class ReadyOut(BaseModel):
+class ReadyOut(Out):
     ready: bool
     checks: dict[str, Any]

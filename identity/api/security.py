@@ -1,7 +1,8 @@
 """API-key authentication and scopes, as FastAPI dependencies.
 
-`Authorization: Bearer <key>` or `X-API-Key: <key>`. The key row is read on every
-request (identity/store/keys.py explains why that is cheap), so revocation is immediate.
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. Keys are read through the cache of
+identity/store/readcache.py: a revoked key stops working as soon as its revocation's
+announcement arrives (milliseconds), and at most `api.cache_seconds` later if it is lost.
 For routes that need a key, `identity/api/access.py` has already authenticated it from
 the headers (before the body was read) and left it in the request scope; the dependency
 here then only reads it, and checks the route's scope.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from identity.errors import AuthenticationError, PermissionDeniedError
 from identity.store.keys import ApiKey
@@ -32,17 +34,19 @@ def presented_key(x_api_key: str | None, authorization: str | None) -> str | Non
     return credentials.strip() or None
 
 
-def current_key(
+async def current_key(
     request: Request,
     bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
     header: str | None = Security(_header),
 ) -> ApiKey:
+    # async, like the scope check: each plain def dependency would cost a trip through
+    # the thread pool per request; only a key access.py did not see is read in a thread.
     key = request.scope.get(SCOPE_KEY)
     if key is None:
         presented = header or (bearer.credentials if bearer else None)
         if not presented:
             raise AuthenticationError(MISSING)
-        key = request.app.state.service.authenticate(presented)
+        key = await run_in_threadpool(request.app.state.service.authenticate, presented)
     request.state.key = key
     return key
 
@@ -51,7 +55,7 @@ def scope_check(scope: str, key_dependency, *, name: str, whose: str):
     """A dependency admitting the keys `key_dependency` yields whose scopes include `scope`
     (admin ⊇ enroll ⊇ read); the API and the console differ only in where the key comes from."""
 
-    def check(key: ApiKey = Depends(key_dependency)) -> ApiKey:
+    async def check(key: ApiKey = Depends(key_dependency)) -> ApiKey:
         if scope not in key.granted:
             raise PermissionDeniedError(f"{whose} API key lacks the '{scope}' scope")
         return key

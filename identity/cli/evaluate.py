@@ -127,7 +127,7 @@ def calibrate(
 
     count = len(load_pairs(existing_dir(directory), existing_file(pairs)).unique_paths())
     with service() as svc, progress() as bar:
-        report = run_calibration(svc.pipeline, directory, pairs,
+        report = run_calibration(svc.pipeline, directory, pairs, settings=svc.settings,
                                  progress=image_progress(bar, count, "embedding"))
     if as_json:
         dump(report.to_dict())

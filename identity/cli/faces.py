@@ -30,8 +30,7 @@ def faces_list(
     with service() as svc:
         page = svc.faces(person=person, unassigned=unassigned, limit=limit, after=after)
     if as_json:
-        return dump(FacePageOut(items=[StoredFaceOut.of(f) for f in page.items],
-                                next_after=page.next_after).model_dump(mode="json"))
+        return dump(FacePageOut.model_validate(page).model_dump(mode="json"))
     table = Table("face", "person", "source", "box", "quality", "chip")
     for f in page.items:
         table.add_row(str(f.id), f.external_id or "-", f.source or "", str([round(v) for v in f.box]),
@@ -45,7 +44,7 @@ def faces_list(
 def faces_show(face: Annotated[int, typer.Argument(min=1)], as_json: JsonOption = False) -> None:
     """One face: owner, photo, box, landmarks, chip."""
     with service() as svc:
-        record = StoredFaceOut.of(svc.face(face)).model_dump(mode="json")
+        record = StoredFaceOut.model_validate(svc.face(face)).model_dump(mode="json")
     if as_json:
         return dump(record)
     for key, value in record.items():
@@ -67,7 +66,7 @@ def faces_chip(
 
 def _moved(result, verb: str, as_json: bool) -> None:
     if as_json:
-        return dump(MoveOut.of(result).model_dump(mode="json"))
+        return dump(MoveOut.model_validate(result).model_dump(mode="json"))
     if not result.moved:
         out.print("nothing to change: the faces are there already", highlight=False)
         return
@@ -111,7 +110,7 @@ def faces_remove(
     with service() as svc:
         result = svc.remove_faces(faces)
     if as_json:
-        return dump(RemoveOut.of(result).model_dump(mode="json"))
+        return dump(RemoveOut.model_validate(result).model_dump(mode="json"))
     out.print(f"removed {len(result.face_ids)} face(s), {result.images_deleted} photo(s)", highlight=False)
 
 

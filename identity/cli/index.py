@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import typer
 
-from identity.cli._common import JsonOption, dump, out, service, settings
+from identity.cli._common import JsonOption, dump, err, out, service, settings
 
 app = typer.Typer(help="The FAISS search index mirrored from PostgreSQL.")
 db_app = typer.Typer(help="The PostgreSQL database.")
@@ -47,13 +47,28 @@ def readable_status(status: dict) -> dict[str, str]:
 
 @app.command("status")
 def index_status(as_json: JsonOption = False) -> None:
-    """Size, watermark, lag behind the database, index type and device."""
+    """Size, watermark, lag behind the database, index type and device; during a model
+    move (`identity models migrate`), the other model's too."""
     with service() as svc:
         status = svc.index.status().to_dict()
+        moving = svc.move_index_status()
+        configured = svc.configured_model
+    if configured != status["model"]:
+        err.print(f"[yellow]note[/yellow]: IDENTITY_MODEL is {configured}, but the store moved to "
+                  f"{status['model']} (`identity models moves`); set IDENTITY_MODEL={status['model']}",
+                  highlight=False)
     if as_json:
-        dump(status)
+        dump(status if moving is None else {**status, "moving": moving})
         return
     shown = readable_status(status)
+    if moving is not None:
+        shown = {"served model": status["model"], **shown}
+        shown.update({f"{moving['model']}": moving["role"], "move": f"{moving['move']} ({moving['move_state']})",
+                      "re-embedded": f"{moving['faces_reembedded']} of {moving['faces_to_reembed']} face(s)",
+                      f"{moving['model']} vectors": str(moving["vectors"]),
+                      f"{moving['model']} db watermark": str(moving["db_watermark"]),
+                      f"{moving['model']} snapshot": "none" if moving["snapshot_watermark"] is None else
+                      f"{moving['snapshot_faces']} face(s) at watermark {moving['snapshot_watermark']}"})
     width = max(map(len, shown))
     for key, value in shown.items():
         out.print(f"{key:>{width}}: {value}", highlight=False)

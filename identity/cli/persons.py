@@ -19,7 +19,7 @@ REF_HELP = "Person id (digits only), or external id or alias (anything else)."
 
 def person_dict(person) -> dict:
     """The API's shape for a person (identity/views.py)."""
-    return PersonOut.of(person).model_dump(mode="json")
+    return PersonOut.model_validate(person).model_dump(mode="json")
 
 
 @app.command("list")
@@ -98,9 +98,7 @@ def persons_merge(
                 raise typer.Abort()
         result = svc.merge_persons(keep, other)
     if as_json:
-        return dump(MergeOut(person=PersonOut.of(result.person), merged_person_id=result.merged_person_id,
-                             merged_external_id=result.merged_external_id, faces_moved=result.faces_moved,
-                             audit_id=result.audit_id).model_dump(mode="json"))
+        return dump(MergeOut.model_validate(result).model_dump(mode="json"))
     out.print(f"merged {result.merged_external_id} (id {result.merged_person_id}) into "
               f"{result.person.external_id} (id {result.person.id}): "
               f"{result.faces_moved} face(s) moved; undo with: identity persons undo {result.audit_id}",
@@ -122,7 +120,7 @@ def persons_delete(
                 raise typer.Abort()
         result = svc.delete_person(ref)
     if as_json:
-        return dump(DeleteOut.model_validate(result, from_attributes=True).model_dump(mode="json"))
+        return dump(DeleteOut.model_validate(result).model_dump(mode="json"))
     out.print(f"deleted {result.external_id} (id {result.person_id}): {result.faces_deleted} face(s), "
               f"{result.images_deleted} image(s)", highlight=False)
 
@@ -139,7 +137,7 @@ def persons_split(
     with service() as svc:
         result = svc.split_person(ref, faces, into, display_name=name)
     if as_json:
-        return dump(SplitOut.of(result).model_dump(mode="json"))
+        return dump(SplitOut.model_validate(result).model_dump(mode="json"))
     out.print(f"split {result.faces_moved} face(s) of {result.person.external_id} (id {result.person.id}) "
               f"into {result.new_person.external_id} (id {result.new_person.id})", highlight=False)
 
@@ -189,7 +187,7 @@ def persons_history(
     with service() as svc:
         page = svc.person_history(ref, limit=limit, before=before)
     if as_json:
-        return dump(AuditPageOut.of(page).model_dump(mode="json"))
+        return dump(AuditPageOut.model_validate(page).model_dump(mode="json"))
     for entry in page.items:  # one line each, never wrapped: history is read with grep too
         out.print(f"{entry.id:>6}  {entry.created_at:%Y-%m-%d %H:%M:%S}  {entry.actor}  {summary(entry)}",
                   highlight=False, markup=False)
@@ -207,7 +205,7 @@ def persons_undo(
     with service() as svc:
         result = svc.undo_merge(entry)
     if as_json:
-        return dump(UnmergeOut.of(result).model_dump(mode="json"))
+        return dump(UnmergeOut.model_validate(result).model_dump(mode="json"))
     out.print(f"restored {result.person.external_id} (id {result.person.id}) with {result.faces_moved} "
               f"face(s) from {result.survivor.external_id} (id {result.survivor.id})", highlight=False)
     if result.kept_survivor_changes:

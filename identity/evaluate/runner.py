@@ -59,10 +59,10 @@ Progress = Callable[[int], None]  # called with the number of images just finish
 class Pipeline(Protocol):
     """What evaluation needs of `identity.faces.pipeline.FacePipeline`."""
 
-    settings: Settings
     spec: ModelSpec
     embedder: Embedder
     alignment: AlignMethod  # the model's, unless the settings override it
+    margin: int
 
     @property
     def model_name(self) -> str: ...
@@ -136,9 +136,8 @@ def _fallback_embedding(
     image = pipeline.decode(str(path))
     h, w = image.pixels.shape[:2]
     box = tuple(float(v) for v in relative_box * [w, h, w, h])
-    settings = pipeline.settings
     size = pipeline.embedder.input_size
-    pixels = crop(image.pixels, box, image_size=size, margin=settings.pipeline.margin)
+    pixels = crop(image.pixels, box, image_size=size, margin=pipeline.margin)
     full_box = np.array(box) / image.scale
     return pipeline.embedder.embed(np.array(pixels[None]))[0], full_box
 
@@ -212,7 +211,6 @@ def run_lfw(
     metrics, curve = verification_metrics(
         score_pairs(pairs, embedded), pairs.labels, pairs.folds, far_target
     )
-    settings = pipeline.settings
     report = LfwReport(
         model=pipeline.model_name,
         model_version=pipeline.model_version,
@@ -221,7 +219,7 @@ def run_lfw(
             if pipeline.alignment == AlignMethod.CROP
             else f"{pipeline.alignment}/{pipeline.spec.template}"
         ),
-        flip=settings.pipeline.flip,
+        flip=pipeline.embedder.flip,
         pairs_file=str(pairs_file),
         image_dir=str(image_dir),
         n_images=len(embedded.paths),
@@ -349,6 +347,7 @@ def run_calibration(
     image_dir: Path | str,
     pairs_file: Path | str,
     *,
+    settings: Settings,
     levels: dict[str, float] = LEVELS,
     clustering: bool = True,
     write: bool = True,
@@ -358,7 +357,8 @@ def run_calibration(
     """Thresholds for target FARs from every cross-identity pair of the images the pairs
     file names (detected faces only), and (with `clustering`) the clustering floor and
     merge that cluster those faces best by BCubed F1 against their folder names; stored
-    under the model version when `write`."""
+    under the model version when `write`. `settings` (the pipeline's) give the clustering
+    parameters the fit starts from and where the calibration file is written."""
     from identity.cluster import ClusterParams
 
     pairs = load_pairs(Path(image_dir), Path(pairs_file))
@@ -377,7 +377,7 @@ def run_calibration(
     fit = None
     if clustering:
         # Each image's one (central) face, clustered as if unlabelled, scored by folder name.
-        params = ClusterParams.from_settings(pipeline.settings)
+        params = ClusterParams.from_settings(settings)
         fit = calibrate_clustering(embedded.embeddings[keep], names, params)
         source += f"; clustering: {fit.n_faces} faces of {fit.n_identities} people ({fit.algorithm})"
     scores, labels = score_pairs(pairs, embedded), pairs.labels
@@ -397,7 +397,7 @@ def run_calibration(
     if write:
         report.path = str(
             write_calibration(
-                thresholds, pipeline.spec, pipeline.settings, source=source, clustering=fit
+                thresholds, pipeline.spec, settings, source=source, clustering=fit
             )
         )
     return report

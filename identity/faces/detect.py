@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from identity.config import Settings
+from identity.config import PipelineSettings
 from identity.faces.mtcnn import BatchedMTCNN
 from identity.faces.types import DetectedFace
 from identity.vocabulary import FaceDetector
@@ -34,13 +35,32 @@ MAX_BATCH_PIXELS = 12_000_000
 Selection = Literal["all", "largest", "central"]
 
 
+class DetectsFaces(Protocol):
+    """What the pipeline needs of a detector (`Detector`, `ScrfdDetector`)."""
+
+    device: torch.device
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]: ...
+
+
 class Detector:
-    def __init__(self, settings: Settings, device: torch.device | str = "cpu") -> None:
-        self.min_probability = settings.pipeline.min_detection_probability
+    """facenet-pytorch's MTCNN networks, every stage batched (`BatchedMTCNN`). The
+    parameters are MTCNN's own; `from_settings` reads them from the pipeline settings."""
+
+    def __init__(
+        self,
+        *,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        min_probability: float = 0.95,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.min_probability = min_probability
         self.mtcnn = MTCNN(
-            min_face_size=settings.pipeline.min_face_size,
-            thresholds=list(settings.pipeline.detection_thresholds),
-            factor=settings.pipeline.scale_factor,
+            min_face_size=min_face_size,
+            thresholds=list(thresholds),
+            factor=factor,
             keep_all=True,
             select_largest=False,
             post_process=False,
@@ -56,9 +76,19 @@ class Detector:
             self.mtcnn.pnet,
             self.mtcnn.rnet,
             self.mtcnn.onet,
-            min_face_size=settings.pipeline.min_face_size,
-            thresholds=tuple(settings.pipeline.detection_thresholds),
-            factor=settings.pipeline.scale_factor,
+            min_face_size=min_face_size,
+            thresholds=tuple(thresholds),
+            factor=factor,
+        )
+
+    @classmethod
+    def from_settings(cls, pipeline: PipelineSettings, device: torch.device | str = "cpu") -> Detector:
+        return cls(
+            min_face_size=pipeline.min_face_size,
+            thresholds=pipeline.detection_thresholds,
+            factor=pipeline.scale_factor,
+            min_probability=pipeline.min_detection_probability,
+            device=device,
         )
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
@@ -86,15 +116,34 @@ class ScrfdDetector:
     `scrfd.ALIGN` pixels, each bucket one batch. Boxes and landmarks are reported in the
     working image's pixels, ordered left to right like MTCNN's."""
 
-    def __init__(self, settings: Settings, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        weights: Path,
+        *,
+        max_side: int = 640,
+        min_probability: float = 0.5,
+        device: torch.device | str = "cpu",
+    ) -> None:
         from identity.faces import scrfd
 
         self.device = torch.device(device)
-        self.min_probability = settings.pipeline.scrfd_min_probability
-        self.max_side = settings.pipeline.scrfd_max_side
-        network = scrfd.load_network(scrfd.find_weights(settings.pipeline.models_dir, settings.pipeline.cache_dir), self.device)
+        self.min_probability = min_probability
+        self.max_side = max_side
+        network = scrfd.load_network(weights, self.device)
         self.scrfd = scrfd.Scrfd(network, threshold=self.min_probability)
         self.align = scrfd.ALIGN
+
+    @classmethod
+    def from_settings(cls, pipeline: PipelineSettings, device: torch.device | str = "cpu") -> ScrfdDetector:
+        """The weights found in `models_dir` (or `cache_dir`), verified."""
+        from identity.faces import scrfd
+
+        return cls(
+            scrfd.find_weights(pipeline.models_dir, pipeline.cache_dir),
+            max_side=pipeline.scrfd_max_side,
+            min_probability=pipeline.scrfd_min_probability,
+            device=device,
+        )
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
         scaled, scales = [], []
@@ -124,11 +173,11 @@ class ScrfdDetector:
         return results
 
 
-def make_detector(settings: Settings, device: torch.device | str = "cpu") -> Detector | ScrfdDetector:
-    """The detector the settings name (`detector`: MTCNN unless told otherwise)."""
-    if FaceDetector(settings.pipeline.detector) == FaceDetector.scrfd:
-        return ScrfdDetector(settings, device)
-    return Detector(settings, device)
+def make_detector(pipeline: PipelineSettings, device: torch.device | str = "cpu") -> Detector | ScrfdDetector:
+    """The detector the pipeline settings name (`detector`: MTCNN unless told otherwise)."""
+    if FaceDetector(pipeline.detector) == FaceDetector.scrfd:
+        return ScrfdDetector.from_settings(pipeline, device)
+    return Detector.from_settings(pipeline, device)
 
 
 def _faces(

@@ -1,6 +1,6 @@
 """The face pipeline: image references → decoded → detected → aligned → embedded.
 
-Work flows in batches of `settings.pipeline.batch_size` images. Reading and decoding run ahead
+Work flows in batches of `batch_size` images. Reading and decoding run ahead
 in a small thread pool (Pillow and file reads release the GIL), detection runs one
 detector call per size bucket, and every crop of the batch is embedded in one network
 call. Worker threads (`detect_workers`) each take whole batches through detection and
@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from identity.config import Settings, get_settings
+from identity.config import PipelineSettings, Settings, get_settings
 from identity.errors import InputError
 from identity.faces import models
 from identity.faces.align import align
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
-from identity.faces.detect import Selection, make_detector, select_faces
+from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces
 from identity.faces.embed import Embedder, resolve_device
+from identity.faces.models import AlignMethod, ModelSpec
 from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,29 @@ def as_ref(item: ImageRef | str | Path) -> ImageRef:
     return item if isinstance(item, ImageRef) else ImageRef(source=str(item))
 
 
-def load_image(ref: ImageRef | str | Path, settings: Settings) -> DecodedImage:
-    """Read (unless the bytes are in the ref) and decode at the configured limits."""
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How large an image may be, and how large it is decoded and detected."""
+
+    max_pixels: int = 64_000_000  # images declaring more are refused (decompression bombs)
+    max_side: int = 1600  # decoded (JPEG draft mode) and detected at most this large
+
+    @classmethod
+    def from_settings(cls, pipeline: PipelineSettings) -> DecodeLimits:
+        return cls(max_pixels=pipeline.max_image_pixels, max_side=pipeline.detect_max_side)
+
+
+def load_image(ref: ImageRef | str | Path, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Read (unless the bytes are in the ref) and decode within `limits`."""
     ref = as_ref(ref)
     data = ref.data if ref.data is not None else read_bytes(ref.source)
-    return decode_image(
-        data,
-        source=ref.source,
-        max_pixels=settings.pipeline.max_image_pixels,
-        max_side=settings.pipeline.detect_max_side,
-    )
+    return decode_image(data, source=ref.source, max_pixels=limits.max_pixels, max_side=limits.max_side)
 
 
-def decode_or_error(ref: ImageRef, settings: Settings) -> DecodedImage | ImageResult:
+def decode_or_error(ref: ImageRef, limits: DecodeLimits = DecodeLimits()) -> DecodedImage | ImageResult:
     """`load_image`, with an unreadable image turned into a result carrying its error."""
     try:
-        return load_image(ref, settings)
+        return load_image(ref, limits)
     except InputError as exc:
         return ImageResult(source=ref.source, error=exc)
 
@@ -70,24 +78,77 @@ def face_quality(face: DetectedFace) -> float:
 
 
 class FacePipeline:
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.device = resolve_device(self.settings.pipeline.device)
-        configure_threads(self.settings, self.device)
-        self.spec = models.get_model(self.settings.pipeline.model)
-        # The model's alignment and landmark template, unless IDENTITY_ALIGNMENT is set.
-        self.alignment = models.alignment_method(self.spec, self.settings)
-        network = models.load_network(self.spec, self.settings, device=self.device)
-        self.embedder = Embedder(
+    """A detector and an embedder, composed: decode → detect → select → align → embed.
+
+    `spec` is the embedding model's manifest entry (input size, landmark template, name,
+    version); `alignment` defaults to the model's own. `from_settings` loads the parts
+    the settings name; tests and library users may hand in parts of their own.
+    `keep_chips` says whether enrollment keeps a chip of every face (`settings.store.chips`);
+    `process(keep_chips=True)` cuts them at `chip_size` and `chip_quality`."""
+
+    def __init__(
+        self,
+        detector: DetectsFaces,
+        embedder: Embedder,
+        spec: ModelSpec,
+        *,
+        alignment: AlignMethod | None = None,
+        margin: int = 32,
+        batch_size: int = 32,
+        decode_workers: int = 2,
+        detect_workers: int = 2,
+        limits: DecodeLimits = DecodeLimits(),
+        keep_chips: bool = True,
+        chip_size: int = 224,
+        chip_quality: int = 85,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.spec = spec
+        self.device = embedder.device
+        self.alignment = spec.alignment if alignment is None else alignment
+        self.margin = margin
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers
+        self.detect_workers = detect_workers
+        self.limits = limits
+        self.keep_chips = keep_chips
+        self.chip_size = chip_size
+        self.chip_quality = chip_quality
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> FacePipeline:
+        """The model, detector and parameters the settings name (loads the weights)."""
+        settings = settings or get_settings()
+        group = settings.pipeline
+        device = resolve_device(group.device)
+        configure_threads(group.torch_threads, device)
+        spec = models.get_model(group.model)
+        network = models.load_network(spec, settings, device=device)
+        embedder = Embedder(
             network,
-            dim=self.spec.dim,
-            input_size=self.spec.input_size,
-            normalization=self.spec.normalization,
-            device=self.device,
-            flip=self.settings.pipeline.flip,
-            batch_size=self.settings.pipeline.batch_size,
+            dim=spec.dim,
+            input_size=spec.input_size,
+            normalization=spec.normalization,
+            device=device,
+            flip=group.flip,
+            batch_size=group.batch_size,
         )
-        self.detector = make_detector(self.settings, self.device)
+        return cls(
+            make_detector(group, device),
+            embedder,
+            spec,
+            # The model's alignment and landmark template, unless IDENTITY_ALIGNMENT is set.
+            alignment=models.alignment_method(spec, settings),
+            margin=group.margin,
+            batch_size=group.batch_size,
+            decode_workers=group.decode_workers,
+            detect_workers=group.detect_workers,
+            limits=DecodeLimits.from_settings(group),
+            keep_chips=settings.store.chips,
+            chip_size=settings.store.chip_size,
+            chip_quality=settings.store.chip_quality,
+        )
 
     @property
     def model_name(self) -> str:
@@ -112,10 +173,10 @@ class FacePipeline:
         keep_chips: bool = False,
     ) -> Iterator[ImageResult]:
         decoded = map_ahead(
-            lambda ref: decode_or_error(ref, self.settings), (as_ref(r) for r in refs),
-            workers=self.settings.pipeline.decode_workers, lookahead=2 * self.settings.pipeline.batch_size,
+            lambda ref: decode_or_error(ref, self.limits), (as_ref(r) for r in refs),
+            workers=self.decode_workers, lookahead=2 * self.batch_size,
         )
-        batches = iter(lambda: list(islice(decoded, self.settings.pipeline.batch_size)), [])
+        batches = iter(lambda: list(islice(decoded, self.batch_size)), [])
         # Each worker takes a whole batch through both stages, so the cores stay busy
         # whichever stage is the longer (embedding with FaceNet, detection with a light
         # network): with detection ahead in the workers and embedding in this thread, the
@@ -125,7 +186,7 @@ class FacePipeline:
                 self._detect_batch(batch, select, keep_chips), keep_crops=keep_crops
             ),
             batches,
-            workers=self.settings.pipeline.detect_workers, lookahead=self.settings.pipeline.detect_workers + 1,
+            workers=self.detect_workers, lookahead=self.detect_workers + 1,
         )
         for results in embedded:
             yield from results
@@ -134,7 +195,7 @@ class FacePipeline:
         return next(iter(self.process([ref], select=select)))
 
     def decode(self, ref: ImageRef | str | Path) -> DecodedImage:
-        return load_image(ref, self.settings)
+        return load_image(ref, self.limits)
 
     # --- internals ------------------------------------------------------------------
 
@@ -154,7 +215,7 @@ class FacePipeline:
                 face,
                 method=self.alignment,
                 image_size=self.spec.input_size,
-                margin=self.settings.pipeline.margin,
+                margin=self.margin,
                 template=self.spec.template,
             )
             for image, faces in zip(images, chosen)
@@ -162,7 +223,7 @@ class FacePipeline:
         ]
         chips = [
             make_chip(image.pixels, face.box, face.landmarks, scale=image.scale,
-                      size=self.settings.store.chip_size, quality=self.settings.store.chip_quality)
+                      size=self.chip_size, quality=self.chip_quality)
             if keep_chips else None
             for image, faces in zip(images, chosen)
             for face in faces
@@ -235,11 +296,11 @@ def map_ahead(fn: Callable, items: Iterable, *, workers: int, lookahead: int) ->
                 future.cancel()
 
 
-def configure_threads(settings: Settings, device) -> None:
+def configure_threads(torch_threads: int | None, device) -> None:
     """Torch threads per op: on CPU the batches run concurrently in `detect_workers` threads,
-    so each gets half the cores (`IDENTITY_TORCH_THREADS` overrides)."""
-    if settings.pipeline.torch_threads is not None:
-        torch.set_num_threads(settings.pipeline.torch_threads)
+    so each gets half the cores (`torch_threads`, IDENTITY_TORCH_THREADS, overrides)."""
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     elif getattr(device, "type", str(device)) == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from identity.config import Settings
+from identity.config import IndexSettings, Settings
 from identity.errors import IndexUnavailableError, ModelMismatchError
 from identity.index.face_index import FaceIndex
 from identity.index.snapshot import load_snapshot, read_meta, snapshot_dir, write_snapshot
@@ -83,22 +83,22 @@ class IndexStatus:
 
 
 def build_index(
-    batches: Iterable[EmbeddingBatch], settings: Settings, dim: int, *, kind: str | None = None
+    batches: Iterable[EmbeddingBatch], index_settings: IndexSettings, dim: int, *, kind: str | None = None
 ) -> FaceIndex:
     """Stream batches into a flat index, then convert it if the final size (or the
-    settings) call for another type."""
+    index settings) call for another type."""
     staging = FaceIndex(IndexSpec("flat", dim), use_gpu=False)
     for ids, persons, vectors in batches:
         if len(ids):
             staging.add(ids, persons, vectors)
-    choice = choose(settings, staging.count, dim, kind=kind)  # type: ignore[arg-type]
+    choice = choose(index_settings, staging.count, dim, kind=kind)  # type: ignore[arg-type]
     spec = choice.spec
     log.info("index: %s", choice.reason)
     if spec.kind == "flat":
-        index = FaceIndex(spec, use_gpu=settings.index.use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
+        index = FaceIndex(spec, use_gpu=index_settings.use_gpu, cpu_index=staging.cpu_index, persons=staging.persons)
     else:
         log.info("index: converting %d staged faces to %s", staging.count, spec.describe())
-        index = staging.rebuilt_as(spec, use_gpu=settings.index.use_gpu)
+        index = staging.rebuilt_as(spec, use_gpu=index_settings.use_gpu)
     index.choice = choice
     return index
 
@@ -186,7 +186,7 @@ class IndexMirror:
     def _build(self) -> tuple[FaceIndex, int]:
         started = time.perf_counter()
         watermark, batches = self.store.snapshot_embeddings(self.model.name)
-        index = build_index(batches, self.settings, self.model.dim)
+        index = build_index(batches, self.settings.index, self.model.dim)
         log.info(
             "index: built %s with %d faces of %s at watermark %d in %.1fs",
             index.spec.describe(), index.count, self.model.name, watermark, time.perf_counter() - started,

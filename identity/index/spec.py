@@ -19,7 +19,7 @@ spec together with the reason, which `identity index status` shows.
   8-bit sub-quantizers (a divisor of d, at most d/4) whose codes fit B.
 * "hnsw" only when asked for below index_exact_max.
 
-Parameter defaults derived from N (each overridable in Settings):
+Parameter defaults derived from N (each overridable in the index settings, `settings.index`):
 
 * nlist  = power of two nearest 4*sqrt(N), clamped to [16, 65536]: FAISS's guideline
   is 4..16*sqrt(N) lists; the low end keeps coarse assignment cheap on a CPU.
@@ -28,7 +28,7 @@ Parameter defaults derived from N (each overridable in Settings):
   of *face ids* is only 0.67 (0.80 at 64); recall@10 >= 0.95 needs nprobe ≈ nlist/4.
   The tail of a face's top-10 is near-equidistant strangers, which IVF finds poorly.
 * pq_m   = d/4 sub-quantizers of 8 bits (d/4 bytes per vector, 16x smaller than float32).
-* hnsw M = settings.index_hnsw_m (32); efConstruction 64; efSearch grows with sqrt(N)
+* hnsw M = index_hnsw_m (32); efConstruction 64; efSearch grows with sqrt(N)
   (`default_ef_search`): the steps a greedy graph search needs to reach the same recall
   grow with the graph, and on face-like data recall@10 >= 0.95 took efSearch 32 at 100k
   and about 96 at 1M (BENCHMARKS.md, "Search").
@@ -46,7 +46,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from identity.config import Settings
+from identity.config import IndexSettings
 from identity.errors import ConfigError
 
 IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
@@ -110,9 +110,9 @@ def default_ef_search(n: int) -> int:
     return int(min(1024, max(32, round(32 * math.sqrt(max(n, 1) / 100_000)))))
 
 
-def memory_budget(settings: Settings) -> tuple[int, str]:
+def memory_budget(index: IndexSettings) -> tuple[int, str]:
     """(bytes, where the figure comes from): `index_memory_budget_mb`, else half the RAM."""
-    mb = settings.index.memory_budget_mb
+    mb = index.memory_budget_mb
     if mb:
         return int(mb) * 2**20, "index_memory_budget_mb"
     try:
@@ -151,48 +151,48 @@ def _gib(b: int) -> str:
     return f"{b / 2**30:.2f} GiB"
 
 
-def choose_kind(settings: Settings, n: int, dim: int) -> IndexKind:
-    return choose(settings, n, dim).spec.kind
+def choose_kind(index: IndexSettings, n: int, dim: int) -> IndexKind:
+    return choose(index, n, dim).spec.kind
 
 
-def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = None,
+def choose(index: IndexSettings, n: int, dim: int, *, kind: IndexKind | None = None,
            gpu: bool | None = None) -> Choice:
     """The index for `n` faces of dimension `dim` under the memory budget, and why.
     `gpu`: whether a GPU will search it (default: index_use_gpu and faiss sees one)."""
-    budget, budget_from = memory_budget(settings)
+    budget, budget_from = memory_budget(index)
     fits = f"the memory budget {_gib(budget)} ({budget_from})"
-    m = settings.index.hnsw_m
-    if kind is not None or settings.index.type != "auto":
-        kind = kind or settings.index.type
-        spec = _spec(settings, n, dim, kind)
+    m = index.hnsw_m
+    if kind is not None or index.type != "auto":
+        kind = kind or index.type
+        spec = _spec(index, n, dim, kind)
         mem = index_bytes(kind, n, dim, hnsw_m=m, pq_m=spec.pq_m, nlist=spec.nlist)
-        why = f"index_type={kind} asked for" if kind == settings.index.type else f"{kind} asked for by the caller"
+        why = f"index_type={kind} asked for" if kind == index.type else f"{kind} asked for by the caller"
         over = "" if mem <= budget else f"; over {fits}"
         return Choice(spec, f"{why}: {spec.describe()}, about {_gib(mem)} at {n:,} faces{over}", mem, budget)
     if gpu is None:
-        gpu = bool(settings.index.use_gpu) and gpu_count() > 0
+        gpu = bool(index.use_gpu) and gpu_count() > 0
     size = f"{n:,} faces × {dim}-d"
     flat = index_bytes("flat", n, dim)
-    if n <= settings.index.exact_max and flat <= budget:
-        spec = _spec(settings, n, dim, "flat")
-        return Choice(spec, f"exact: {size} <= index_exact_max {settings.index.exact_max:,} and "
+    if n <= index.exact_max and flat <= budget:
+        spec = _spec(index, n, dim, "flat")
+        return Choice(spec, f"exact: {size} <= index_exact_max {index.exact_max:,} and "
                             f"{_gib(flat)} fits {fits}", flat, budget)
-    why = (f"{size} > index_exact_max {settings.index.exact_max:,}" if n > settings.index.exact_max
+    why = (f"{size} > index_exact_max {index.exact_max:,}" if n > index.exact_max
            else f"exact search needs {_gib(flat)}, over {fits}")
     hnsw = index_bytes("hnsw", n, dim, hnsw_m=m)
     if not gpu and n <= HNSW_MAX and hnsw <= budget:
-        spec = _spec(settings, n, dim, "hnsw")
+        spec = _spec(index, n, dim, "hnsw")
         return Choice(spec, f"{why}; HNSW (float32 rows + graph, {_gib(hnsw)}) fits {fits} and "
                             f"{n:,} <= {HNSW_MAX:,} faces (graph build time)", hnsw, budget)
     not_hnsw = ("a GPU will search it (faiss has no GPU HNSW)" if gpu
                 else f"{n:,} > {HNSW_MAX:,} faces (HNSW build time)" if n > HNSW_MAX
                 else f"HNSW needs {_gib(hnsw)}, over {fits}")
-    ivf_spec = _spec(settings, n, dim, "ivf")
+    ivf_spec = _spec(index, n, dim, "ivf")
     ivf = index_bytes("ivf", n, dim, nlist=ivf_spec.nlist)
     if ivf <= budget:
         return Choice(ivf_spec, f"{why}; {not_hnsw}; IVF-Flat ({_gib(ivf)}) fits {fits}", ivf, budget)
-    spec = _spec(settings, n, dim, "ivfpq")
-    if not settings.index.pq_m:
+    spec = _spec(index, n, dim, "ivfpq")
+    if not index.pq_m:
         # The most sub-quantizers (best recall) whose codes still fit.
         for pq_m in sorted({m_ for m_ in range(1, max(1, dim // 4) + 1) if dim % m_ == 0}, reverse=True):
             if index_bytes("ivfpq", n, dim, pq_m=pq_m, nlist=spec.nlist) <= budget:
@@ -204,24 +204,24 @@ def choose(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = Non
                         f"{spec.pq_m} bytes a face ({_gib(mem)}){over}", mem, budget)
 
 
-def choose_spec(settings: Settings, n: int, dim: int, *, kind: IndexKind | None = None) -> IndexSpec:
+def choose_spec(index: IndexSettings, n: int, dim: int, *, kind: IndexKind | None = None) -> IndexSpec:
     """The index for `n` faces of dimension `dim`: settings first, defaults derived from n."""
-    return choose(settings, n, dim, kind=kind).spec
+    return choose(index, n, dim, kind=kind).spec
 
 
-def _spec(settings: Settings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
-    nlist = settings.index.nlist or default_nlist(n)
-    pq_m = settings.index.pq_m or default_pq_m(dim)
+def _spec(index: IndexSettings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
+    nlist = index.nlist or default_nlist(n)
+    pq_m = index.pq_m or default_pq_m(dim)
     if kind == "ivfpq" and dim % pq_m:
         raise ConfigError(f"index_pq_m={pq_m} must divide the dimension {dim}")
     spec = IndexSpec(
         kind=kind,
         dim=dim,
-        hnsw_m=settings.index.hnsw_m,
-        ef_search=settings.index.ef_search or default_ef_search(n),
+        hnsw_m=index.hnsw_m,
+        ef_search=index.ef_search or default_ef_search(n),
     )
     if kind in ("ivf", "ivfpq"):
-        spec = replace(spec, nlist=nlist, nprobe=min(nlist, settings.index.nprobe or default_nprobe(nlist)))
+        spec = replace(spec, nlist=nlist, nprobe=min(nlist, index.nprobe or default_nprobe(nlist)))
     if kind == "ivfpq":
         spec = replace(spec, pq_m=pq_m)
     return spec

@@ -70,9 +70,13 @@ def _stored_faces(conn: psycopg.Connection, image_ids: list[int], model: str) ->
     """(image id, face index) -> (face id, person id) for `model`."""
     if not image_ids:
         return {}
+    # A face "of `model`" is one with a vector of it: its own, or (during a model move,
+    # once the target serves) one in face_embeddings, so an image enrolled before the
+    # switch is not enrolled a second time after it.
     rows = conn.execute(
-        "SELECT image_id, face_index, id, person_id FROM faces WHERE image_id = ANY(%s) AND model = %s",
-        (image_ids, model),
+        "SELECT image_id, face_index, id, person_id FROM faces f WHERE image_id = ANY(%s) AND (model = %s "
+        "OR EXISTS (SELECT 1 FROM face_embeddings e WHERE e.face_id = f.id AND e.model = %s))",
+        (image_ids, model, model),
     ).fetchall()
     return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 

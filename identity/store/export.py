@@ -108,8 +108,9 @@ def export(store: StoreCore, out_dir: Path) -> ExportResult:
         files += ["persons.parquet", "faces.parquet"]
         models = []
         for name, dim, versions, count in conn.execute(
-            "SELECT m.name, m.dim, array_remove(array_agg(DISTINCT f.model_version), NULL), count(f.id) "
-            "FROM models m LEFT JOIN faces f ON f.model = m.name GROUP BY m.name, m.dim ORDER BY m.name"
+            # face_vectors: during a model move the target's vectors too (migrations/0005).
+            "SELECT m.name, m.dim, array_remove(array_agg(DISTINCT f.model_version), NULL), count(f.face_id) "
+            "FROM models m LEFT JOIN face_vectors f ON f.model = m.name GROUP BY m.name, m.dim ORDER BY m.name"
         ).fetchall():
             file = f"embeddings-{_safe(name)}.parquet"
             _write_embeddings(conn, out_dir / file, name, dim)

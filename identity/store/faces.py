@@ -20,6 +20,7 @@ from identity.store.batch import write_batch
 from identity.store.changes import read_watermark
 from identity.store.core import StoreCore
 from identity.store.jobs import lock_active
+from identity.store.moves import refuse_retired
 from identity.store.persons import resolve_person
 from identity.store.types import AddOutcome, FaceRow, FacesToAdd, KnownFace, KnownImage, ModelInfo
 
@@ -37,12 +38,14 @@ def copy_embeddings(
 ) -> Iterator[EmbeddingArrays]:
     """`model`'s faces (only `face_ids`, when given) as batches of at most `batch_rows`,
     read on the caller's connection, so within the caller's transaction and snapshot."""
-    query = "SELECT id, coalesce(person_id, -1), embedding FROM faces WHERE model = {model}"
+    # face_vectors: a face's own vector (faces) and, during a model move, the target
+    # model's (face_embeddings); `model = ...` is pushed into both arms (migrations/0005).
+    query = "SELECT face_id, coalesce(person_id, -1), embedding FROM face_vectors WHERE model = {model}"
     params: dict[str, Any] = {"model": model}
     if face_ids is not None:
         # Small: the caller wants id order. A full scan stays unsorted (a sort of a
         # million 512-byte rows would spill to disk).
-        query += " AND id = ANY({ids}) ORDER BY id"
+        query += " AND face_id = ANY({ids}) ORDER BY face_id"
         params["ids"] = face_ids
     statement = sql.SQL("COPY (" + query + ") TO STDOUT (FORMAT BINARY)").format(
         **{k: sql.Literal(v) for k, v in params.items()}
@@ -106,8 +109,10 @@ class FacesMixin(StoreCore):
             ).fetchall()
             faces: dict[int, list[KnownFace]] = {}
             if images:
-                model_filter = " AND f.model = %s" if model else ""
-                params: list[Any] = [[r[0] for r in images]] + ([model] if model else [])
+                # Of `model`: its own vector, or one a model move gave it (face_embeddings).
+                model_filter = (" AND (f.model = %s OR EXISTS (SELECT 1 FROM face_embeddings e "
+                                "WHERE e.face_id = f.id AND e.model = %s))") if model else ""
+                params: list[Any] = [[r[0] for r in images]] + ([model, model] if model else [])
                 for fid, image_id, index, fmodel, pid, ext in conn.execute(
                     "SELECT f.id, f.image_id, f.face_index, f.model, f.person_id, p.external_id "
                     "FROM faces f LEFT JOIN persons p ON p.id = f.person_id "
@@ -132,6 +137,7 @@ class FacesMixin(StoreCore):
         with self._write() as conn:
             if job_id is not None:
                 lock_active(conn, job_id)
+            refuse_retired(conn, model.name)
             _register_model(conn, model)
             return write_batch(conn, items, model)
 

@@ -9,6 +9,7 @@
     corrections.py  moving, assigning, removing faces; splits; undoing merges; history
     audit.py     the person audit log every person operation appends to
     chips.py     face chips
+    moves.py     moving the store to another embedding model (model_moves, face_embeddings)
 
 `Store.open(settings)` reaches the database, checks or applies migrations and opens the
 pool; `Store(url)` alone only remembers where the database is.
@@ -23,11 +24,12 @@ from identity.store.changes import ChangesMixin
 from identity.store.chips import ChipsMixin
 from identity.store.corrections import CorrectionsMixin
 from identity.store.faces import FacesMixin
+from identity.store.moves import MovesMixin
 from identity.store.persons import PersonsMixin
 from identity.store.types import ExportResult
 
 
-class Store(PersonsMixin, FacesMixin, ChangesMixin, CorrectionsMixin, ChipsMixin):
+class Store(PersonsMixin, FacesMixin, ChangesMixin, CorrectionsMixin, ChipsMixin, MovesMixin):
     """A connection pool on the configured database, and the operations on it."""
 
     def counts(self) -> dict[str, Any]:
@@ -35,9 +37,11 @@ class Store(PersonsMixin, FacesMixin, ChangesMixin, CorrectionsMixin, ChipsMixin
         with self.connection() as conn:
             persons = conn.execute("SELECT count(*) FROM persons").fetchone()[0]
             images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            # Per model, its faces' vectors: a face's own (faces) and, during a model
+            # move, the target's (face_embeddings): face_vectors shows both.
             models = conn.execute(
-                "SELECT m.name, m.dim, count(f.id) FROM models m LEFT JOIN faces f ON f.model = m.name "
-                "GROUP BY m.name, m.dim ORDER BY m.name"
+                "SELECT m.name, m.dim, (SELECT count(*) FROM face_vectors v WHERE v.model = m.name) "
+                "FROM models m ORDER BY m.name"
             ).fetchall()
         return {
             "persons": persons,

@@ -60,7 +60,19 @@ def drop_hnsw_index(store, model: str) -> None:
         conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(hnsw_index_name(model))))
 
 
-def _query(dim: int, model: str, k: int, restricted: bool) -> sql.Composed:
+def _query(dim: int, model: str, k: int, restricted: bool, moving: bool = False) -> sql.Composed:
+    """`moving`: the model has vectors in face_embeddings (a model move's target), which
+    the partial HNSW index on faces does not cover: read the face_vectors view (exact)."""
+    if moving:
+        expr = _embedding(dim)
+        vec = sql.SQL("%(q)s::vector({})").format(sql.Literal(int(dim)))
+        where = sql.SQL("model = {}").format(sql.Literal(model))
+        if restricted:
+            where = where + sql.SQL(" AND person_id = ANY(%(persons)s)")
+        return sql.SQL(
+            "SELECT face_id, coalesce(person_id, -1), -({expr} <#> {vec}) FROM face_vectors WHERE {where} "
+            "ORDER BY {expr} <#> {vec} LIMIT {k}"
+        ).format(expr=expr, vec=vec, where=where, k=sql.Literal(int(k)))
     expr = _embedding(dim)
     vec = sql.SQL("%(q)s::vector({})").format(sql.Literal(int(dim)))
     where = sql.SQL("model = {}").format(sql.Literal(model))
@@ -86,9 +98,10 @@ def search_faces_sql(
     the same shape as `FaceIndex.search_faces`."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     allowed = None if persons is None else sorted({int(p) for p in persons})
-    statement = _query(dim, model, k, allowed is not None)
     out = []
     with store.connection() as conn, conn.transaction():
+        moving = conn.execute("SELECT EXISTS (SELECT 1 FROM face_embeddings WHERE model = %s)", (model,)).fetchone()[0]
+        statement = _query(dim, model, k, allowed is not None, moving)
         # ef_search bounds the results an HNSW scan returns; iterative scans keep
         # going when a filter (person restriction) rejects candidates.
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef_search or DEFAULT_EF_SEARCH, k))))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 
 from fastapi import File, Form, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse
@@ -26,6 +25,7 @@ from identity.api.schemas import (
     ItemOutcomeOut,
     JobCreated,
     JobOut,
+    ModelMoveJobIn,
 )
 from identity.api.uploads import Upload, file_name, read_uploads, spool_uploads
 from identity.enroll import EnrollItem
@@ -83,11 +83,11 @@ def enroll_images(
     if person_id is None and any(o.status in ("enrolled", "already_present") for o in outcomes):
         person_id = service.person(external_id).id  # created by this enrollment
     return EnrollOut(person=external_id, person_id=person_id,
-                     outcomes=[ItemOutcomeOut(**asdict(o)) for o in outcomes])
+                     outcomes=[ItemOutcomeOut.model_validate(o) for o in outcomes])
 
 
 def _created(job: job_store.Job) -> JobCreated:
-    return JobCreated(job_id=job.id, kind=job.kind, status=job.status, total_items=job.total_items)
+    return JobCreated.model_validate(job)
 
 
 @router.post("/jobs/enroll/directory", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
@@ -131,6 +131,15 @@ def cluster_unassigned(body: ClusterJobIn, service: ServiceDep, key: AdminKey) -
     return _created(job)
 
 
+@router.post("/jobs/model-move", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def model_move(body: ModelMoveJobIn, service: ServiceDep, key: AdminKey) -> JobCreated:
+    """Move the store to another embedding model while search keeps answering with the
+    current one (`identity models migrate`): every face is re-embedded from its chip (or
+    photo), the new model's index is built, and search switches in every process. Resumed
+    if the API restarts meanwhile. With `finalize`, the old model's vectors are dropped."""
+    return _created(service.start_model_move_job(body.model_dump(), key_id=key.key_id))
+
+
 @router.post("/jobs/cluster/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def cluster_upload(
     service: ServiceDep,
@@ -158,6 +167,6 @@ def get_job(
     outcomes_offset: int = Query(0, ge=0, le=10_000_000),
     outcomes_limit: int = Query(1000, ge=0, le=100_000, description="Per-file outcomes returned (counts cover all)"),
 ) -> JobOut:
-    out = JobOut.of(service.job(job_id))
+    out = JobOut.model_validate(service.job(job_id))
     out.outcomes = out.outcomes[outcomes_offset: outcomes_offset + outcomes_limit]
     return out

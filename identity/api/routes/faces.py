@@ -79,12 +79,12 @@ def list_faces(
 ) -> FacePageOut:
     """Faces in id order, a page at a time: a person's, the unassigned ones, or all."""
     page = service.faces(person=person, unassigned=unassigned, limit=limit, after=after)
-    return FacePageOut(items=[StoredFaceOut.of(f) for f in page.items], next_after=page.next_after)
+    return FacePageOut.model_validate(page)
 
 
 @faces_router.get("/{face_id}", response_model=StoredFaceOut)
 def get_face(face_id: FaceId, service: ServiceDep, _: ReadKey) -> StoredFaceOut:
-    return StoredFaceOut.of(service.face(face_id))
+    return StoredFaceOut.model_validate(service.face(face_id))
 
 
 @faces_router.get(
@@ -109,32 +109,32 @@ def get_chip(face_id: FaceId, request: Request, service: ServiceDep, _: ReadKey)
 def move_faces(body: MoveIn, service: ServiceDep, key: EnrollKey) -> MoveOut:
     """Give the faces to `person`, whoever had them. Faces already there are left out of
     `moved`; nothing changes when an id is unknown."""
-    return MoveOut.of(service.move_faces(body.face_ids, body.person, actor=actor(key)))
+    return MoveOut.model_validate(service.move_faces(body.face_ids, body.person, actor=actor(key)))
 
 
 @faces_router.post("/assign", response_model=MoveOut)
 def assign_faces(body: MoveIn, service: ServiceDep, key: EnrollKey) -> MoveOut:
     """Give unassigned faces to `person`. A face that belongs to someone else is a 409 and
     nothing changes (use move for it)."""
-    return MoveOut.of(service.assign_faces(body.face_ids, body.person, actor=actor(key)))
+    return MoveOut.model_validate(service.assign_faces(body.face_ids, body.person, actor=actor(key)))
 
 
 @faces_router.post("/unassign", response_model=MoveOut)
 def unassign_faces(body: FacesIn, service: ServiceDep, key: EnrollKey) -> MoveOut:
     """The faces belong to nobody afterwards; they stay stored (and clusterable)."""
-    return MoveOut.of(service.unassign_faces(body.face_ids, actor=actor(key)))
+    return MoveOut.model_validate(service.unassign_faces(body.face_ids, actor=actor(key)))
 
 
 @faces_router.post("/remove", response_model=RemoveOut)
 def remove_faces(body: FacesIn, service: ServiceDep, key: AdminKey) -> RemoveOut:
     """Delete the faces (embedding and chip) and the photos no other face uses."""
-    return RemoveOut.of(service.remove_faces(body.face_ids, actor=actor(key)))
+    return RemoveOut.model_validate(service.remove_faces(body.face_ids, actor=actor(key)))
 
 
 @faces_router.delete("/{face_id}", response_model=RemoveOut)
 def remove_face(face_id: FaceId, service: ServiceDep, key: AdminKey) -> RemoveOut:
     """Delete one face (as `POST /v1/faces/remove` with one id)."""
-    return RemoveOut.of(service.remove_faces([face_id], actor=actor(key)))
+    return RemoveOut.model_validate(service.remove_faces([face_id], actor=actor(key)))
 
 
 # --- a person's faces, split and history -------------------------------------------------------------------
@@ -148,7 +148,7 @@ def person_faces(
 ) -> FacePageOut:
     """This person's faces in id order, a page at a time."""
     page = service.faces(person=person, limit=limit, after=after)
-    return FacePageOut(items=[StoredFaceOut.of(f) for f in page.items], next_after=page.next_after)
+    return FacePageOut.model_validate(page)
 
 
 @persons_router.post("/{person}/split", status_code=status.HTTP_201_CREATED, response_model=SplitOut)
@@ -156,7 +156,7 @@ def split_person(person: PersonRef, body: SplitIn, service: ServiceDep, key: Enr
     """The chosen faces of this person become a new person. A face of someone else, or an
     external id already in use (a merged-away one included: the 409 names its survivor),
     changes nothing."""
-    return SplitOut.of(service.split_person(person, body.face_ids, body.external_id,
+    return SplitOut.model_validate(service.split_person(person, body.face_ids, body.external_id,
                                             display_name=body.display_name, metadata=body.metadata,
                                             actor=actor(key)))
 
@@ -169,7 +169,7 @@ def person_history(
 ) -> AuditPageOut:
     """What happened to this person, newest first, including the history of every person
     merged into them. A deleted person's history is found by its last external id."""
-    return AuditPageOut.of(service.person_history(person, limit=limit, before=before))
+    return AuditPageOut.model_validate(service.person_history(person, limit=limit, before=before))
 
 
 # --- the audit log ---------------------------------------------------------------------------------------------
@@ -183,12 +183,12 @@ def audit_log(
     before: int | None = Query(None, ge=1, le=_MAX_ID, description="`next_before` of the previous page"),
 ) -> AuditPageOut:
     """Every person operation, newest first."""
-    return AuditPageOut.of(service.audit_log(limit=limit, before=before, action=action))
+    return AuditPageOut.model_validate(service.audit_log(limit=limit, before=before, action=action))
 
 
 @audit_router.get("/{entry_id}", response_model=AuditEntryOut)
 def audit_entry(entry_id: EntryId, service: ServiceDep, _: ReadKey) -> AuditEntryOut:
-    return AuditEntryOut.of(service.audit_entry(entry_id))
+    return AuditEntryOut.model_validate(service.audit_entry(entry_id))
 
 
 @audit_router.post("/{entry_id}/undo", response_model=UnmergeOut)
@@ -196,5 +196,5 @@ def undo(entry_id: EntryId, service: ServiceDep, key: AdminKey) -> UnmergeOut:
     """Undo a merge: the merged-away person comes back with its id, external id, aliases,
     name, metadata and the faces the merge moved. 409 when the entry is no merge, was
     undone already, or one of its faces was removed or moved since."""
-    return UnmergeOut.of(service.undo_merge(entry_id, actor=actor(key)))
+    return UnmergeOut.model_validate(service.undo_merge(entry_id, actor=actor(key)))
 

@@ -25,7 +25,7 @@ def list_jobs(
     """Jobs, newest first, with their progress (outcomes: GET /v1/jobs/{job_id})."""
     jobs, cursor = service.jobs(status=status.value if status else None, kind=kind.value if kind else None,
                                 limit=limit, after=after)
-    return JobList(jobs=[JobSummary.of(job) for job in jobs], next=cursor)
+    return JobList(jobs=[JobSummary.model_validate(job) for job in jobs], next=cursor)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut)
@@ -33,4 +33,4 @@ def cancel_job(job_id: str, service: ServiceDep, _: EnrollKey) -> JobOut:
     """Cancel a queued or running job. Batches already written stay; no batch writes
     anything once this has answered. Repeating it is harmless; a job that already
     succeeded or failed is a 409."""
-    return JobOut.of(service.cancel_job(job_id))
+    return JobOut.model_validate(service.cancel_job(job_id))

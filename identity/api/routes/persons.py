@@ -23,7 +23,7 @@ router = versioned("/persons", tags=["persons"])
 def create_person(body: PersonCreate, service: ServiceDep, key: EnrollKey) -> PersonOut:
     """A new person. An external id in use is a 409; a merged-away one too, naming the
     person it was merged into (it resolves to that person)."""
-    return PersonOut.of(service.create_person(body.external_id, body.display_name, body.metadata,
+    return PersonOut.model_validate(service.create_person(body.external_id, body.display_name, body.metadata,
                                               actor=actor(key)))
 
 
@@ -36,17 +36,17 @@ def list_persons(
     q: str | None = Query(None, max_length=256, description="Substring of the external id or name"),
 ) -> PersonPageOut:
     page = service.persons(limit=limit, after=after, query=q)
-    return PersonPageOut(items=[PersonOut.of(p) for p in page.items], next_after=page.next_after)
+    return PersonPageOut.model_validate(page)
 
 
 @router.get("/{person}", response_model=PersonOut)
 def get_person(person: PersonRef, service: ServiceDep, _: ReadKey) -> PersonOut:
-    return PersonOut.of(service.person(person))
+    return PersonOut.model_validate(service.person(person))
 
 
 @router.patch("/{person}", response_model=PersonOut)
 def update_person(person: PersonRef, body: PersonUpdate, service: ServiceDep, key: EnrollKey) -> PersonOut:
-    return PersonOut.of(service.update_person(
+    return PersonOut.model_validate(service.update_person(
         person, external_id=body.external_id, display_name=body.display_name,
         rename="display_name" in body.model_fields_set, metadata=body.metadata,
         replace_metadata=body.replace_metadata, actor=actor(key)))
@@ -54,7 +54,7 @@ def update_person(person: PersonRef, body: PersonUpdate, service: ServiceDep, ke
 
 @router.delete("/{person}", response_model=DeleteOut)
 def delete_person(person: PersonRef, service: ServiceDep, key: AdminKey) -> DeleteOut:
-    return DeleteOut.model_validate(service.delete_person(person, actor=actor(key)), from_attributes=True)
+    return DeleteOut.model_validate(service.delete_person(person, actor=actor(key)))
 
 
 @router.post("/{person}/merge", response_model=MergeOut)
@@ -63,6 +63,4 @@ def merge_person(person: PersonRef, body: MergeIn, service: ServiceDep, key: Adm
     that resolves to this person. `audit_id` names the merge in the audit log:
     `POST /v1/audit/{audit_id}/undo` undoes it while its faces still exist."""
     result = service.merge_persons(person, body.other, actor=actor(key))
-    return MergeOut(person=PersonOut.of(result.person), merged_person_id=result.merged_person_id,
-                    merged_external_id=result.merged_external_id, faces_moved=result.faces_moved,
-                    audit_id=result.audit_id)
+    return MergeOut.model_validate(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, File, Form, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from identity.api.deps import ServiceDep, count_faces, model_call
 from identity.api.routes import versioned
@@ -12,10 +13,8 @@ from identity.api.schemas import (
     EmbeddingQuery,
     EmbeddingSearchOut,
     ErrorBody,
-    FaceOut,
     FaceSearchOut,
     Level,
-    PersonRefOut,
     SearchOut,
     VerifyOut,
 )
@@ -39,14 +38,31 @@ def search(
     with model_call(request):
         found = service.search_image(upload.ref(), k=k, level=level)
     count_faces(request, len(found))
-    return SearchOut(source=upload.name, faces=[FaceSearchOut.of(f) for f in found])
+    return SearchOut(source=upload.name, faces=[FaceSearchOut.model_validate(f) for f in found])
 
 
 @router.post("/search/embedding", response_model=EmbeddingSearchOut)
-def search_embedding(body: EmbeddingQuery, service: ServiceDep) -> EmbeddingSearchOut:
+async def search_embedding(body: EmbeddingQuery, service: ServiceDep) -> EmbeddingSearchOut:
     """Search with embeddings computed elsewhere (same model: `dim` must match)."""
-    found = service.search_embeddings(body.vectors, k=body.k, level=body.level, persons=body.persons)
-    return EmbeddingSearchOut(results=[FaceSearchOut.of(f) for f in found])
+    # async: a plain def route costs two trips through the thread pool (the call, then the
+    # response's validation), each a GIL hand-over that cost more CPU than the search.
+    if body.persons is None and len(body.vectors) <= 8 and _answers_quickly(service):
+        found = service.search_embeddings(body.vectors, k=body.k, level=body.level)
+    else:
+        found = await run_in_threadpool(service.search_embeddings, body.vectors, k=body.k, level=body.level,
+                                        persons=body.persons)
+    return EmbeddingSearchOut(results=[FaceSearchOut.model_validate(f) for f in found])
+
+
+def _answers_quickly(service) -> bool:
+    """Whether a search by embedding may run on the event loop: an approximate index is
+    loaded (a fraction of a millisecond a query; the exact scan of a large index, or
+    pgvector's SQL while the index loads, go to a thread). Person names come from memory
+    (identity/store/readcache.py); a name not seen yet is one indexed read."""
+    if not service.opened()["index"]:
+        return False
+    mirror = service.index
+    return mirror.ready and mirror.index.spec.kind in ("hnsw", "ivf", "ivfpq")
 
 
 @router.post("/verify", response_model=VerifyOut)
@@ -68,14 +84,7 @@ def verify(
         else:
             result = service.verify(uploads[0].ref(), uploads[1].ref(), level=level)
     count_faces(request, len(uploads))
-    return VerifyOut(
-        model=result.model, similarity=result.similarity, distance=result.distance,
-        threshold=result.threshold, level=result.level, same=result.same,
-        face_a=FaceOut.of(result.face_a), face_b=FaceOut.of(result.face_b) if result.face_b else None,
-        faces_in_a=result.faces_in_a, faces_in_b=result.faces_in_b,
-        person=None if result.person_id is None else PersonRefOut(id=result.person_id,
-                                                                  external_id=result.person_external_id),
-    )
+    return VerifyOut.model_validate(result)
 
 
 @router.post("/detect", response_model=DetectOut)
@@ -94,8 +103,7 @@ def detect(
                 body = error.to_dict() if hasattr(error, "to_dict") else {"code": "unreadable_image", "message": str(error)}
                 out.append(DetectImageOut(source=result.source, error=ErrorBody(**body)))
             else:
-                out.append(DetectImageOut(source=result.source, width=result.width, height=result.height,
-                                          faces=[FaceOut.of(f) for f in result.faces]))
+                out.append(DetectImageOut.model_validate(result))
     if len(uploads) == 1 and out[0].error is not None:
         raise _single_error(out[0])
     return DetectOut(images=out)
