@@ -241,6 +241,23 @@ def test_enroll_an_archive_as_a_job_with_live_progress_and_per_file_outcomes(pag
     expect(chips(page)).to_have_count(2)
 
 
+def test_a_file_chosen_before_the_script_ran_is_named_once_it_runs(page, keys, tmp_path):
+    """On a slow connection the form shows before console.js (deferred) has run: a file
+    chosen then fires its change event unheard, and must still be named."""
+    archive = tmp_path / "early.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: only its name matters here
+    sign_in(page, keys["enroll"])
+    held = []
+    page.route("**/static/console.js", lambda route: held.append(route))  # held back until continued
+    page.goto("/enroll", wait_until="commit")
+    shown = page.locator("#archive-form [data-files]")
+    page.locator("#archive-form input[type=file]").set_input_files(archive)
+    assert len(held) == 1  # asked for (in <head>, before the form), not yet run
+    expect(shown).to_have_text("")
+    held[0].continue_()
+    expect(shown).to_have_text("early.zip")
+
+
 def test_search_by_photo_names_known_faces_and_gives_the_nearest_for_unknown(page, keys, service):
     enroll(service, "kit_harington", PHOTOS / "kit_harington" / "john1.jpeg", PHOTOS / "kit_harington" / "john2.jpeg")
     sign_in(page, keys["read"], "/search")
