@@ -78,7 +78,7 @@ def stored_bytes(found: list[tuple], settings: Settings) -> dict:
         server = PgTestServer.start(directory)
         try:
             url = server.new_database("chips")
-            with Store.open(settings.replace(**{"database_url": url})) as store:
+            with Store.open(settings.replace(database_url=url)) as store:
                 for start in range(0, len(items), 256):
                     store.add_faces(items[start:start + 256], model=model)
                 with store.connection() as conn:

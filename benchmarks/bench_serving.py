@@ -1,6 +1,7 @@
 """The serving path: `POST /v1/search/embedding` through `identity serve` (uvicorn, every
 request authenticated with an API key), at C clients, with N synthetic faces in an HNSW
-index; and the resident memory of 1, 2 and 4 API worker processes.
+index; and the resident memory (RSS, PSS, USS) of 1, 2 and 4 API worker processes, each
+reading its own copy of the index snapshot, then mapping it (`index.mmap_snapshot`).
 
 Faces come from benchmarks/synthetic.py (face-like, calibrated to the model's LFW
 statistics, 5 per identity), written by `Store.add_faces` (COPY). The index snapshot is
@@ -171,7 +172,7 @@ def prepare(state: Path, args) -> tuple[str, str, Path]:
             [{"vectors": [q], "k": 5} for q in queries.tolist()]))
         with Store.open(settings) as store:
             t = time.perf_counter()
-            mirror = IndexMirror(store, settings, Service(settings).model_info)
+            mirror = IndexMirror.from_settings(store, settings, Service(settings).model_info)
             mirror.open()  # builds and writes the snapshot every server will load
             build_s = time.perf_counter() - t
             status = mirror.status()
@@ -239,15 +240,17 @@ def main() -> None:
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
     for workers in args.memory_workers:
-        server = Server(code=ROOT, env=env, workers=workers, log=state / f"serve-memory-{workers}.log")
-        try:
-            server.wait_ready()
-            load(server, key, bodies, args.clients, 3.0, pg_pid)  # every worker has served
-            row = {"workers": workers, **memory(server.proc.pid)}
-        finally:
-            server.stop()
-        result["memory"].append(row)
-        print(json.dumps(row), flush=True)
+        for mmap in (False, True):  # each worker reads its own copy / maps the snapshot
+            server = Server(code=ROOT, env={**env, "IDENTITY_INDEX_MMAP_SNAPSHOT": str(mmap).lower()},
+                            workers=workers, log=state / f"serve-memory-{workers}-{mmap}.log")
+            try:
+                server.wait_ready()
+                load(server, key, bodies, args.clients, 3.0, pg_pid)  # every worker has served
+                row = {"workers": workers, "mmap_snapshot": mmap, **memory(server.proc.pid)}
+            finally:
+                server.stop()
+            result["memory"].append(row)
+            print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

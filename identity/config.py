@@ -153,6 +153,12 @@ class IndexSettings(_Group):
     snapshot_changes: int = Field(
         50_000, alias="index_snapshot_changes", ge=1, description="Write a new index snapshot after this many applied changes."
     )
+    mmap_snapshot: bool = Field(
+        True, alias="index_mmap_snapshot", description="Map a flat or HNSW snapshot from its file "
+        "read-only instead of reading it into memory: the API's worker processes then share one "
+        "copy in the page cache, until a process applies its first change to the index (it then "
+        "takes a private copy). False: every process reads its own copy."
+    )
 
 
 class ClusterSettings(_Group):

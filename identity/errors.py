@@ -54,6 +54,13 @@ class ImageTooLargeError(InputError):
     http_status = 413
 
 
+class UnknownModelError(InputError):
+    """A model named in a request is not in the registry (`identity models list`); the
+    configured model missing is a ModelNotFoundError, the server's problem."""
+
+    code = "unknown_model"
+
+
 class PayloadTooLargeError(InputError):
     code = "payload_too_large"
     http_status = 413

@@ -423,9 +423,7 @@ def start_model_move_job(service: Service, spec: dict[str, Any], *, key_id: str 
     if bool(spec.get("target")) == bool(spec.get("finalize")):
         raise InputError("give either a target model or finalize")
     if spec.get("target"):
-        from identity.faces import models
-
-        models.get_model(spec["target"])  # an unknown name fails here, not in the job
+        service.target_model(spec["target"])  # an unknown name fails here, not in the job
     owner = process_owner()
     progress = service.store.move_progress(move) if (move := service.store.open_move()) else None
     job_id = job_store.create_job(service.store, "model_move", params=spec,

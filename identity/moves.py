@@ -203,7 +203,7 @@ def _build_index(store: Store, settings: Settings, info: ModelInfo, report: Move
     from identity.index import IndexMirror
 
     started = time.perf_counter()
-    mirror = IndexMirror(store, model_settings(settings, info.name), info)
+    mirror = IndexMirror.from_settings(store, model_settings(settings, info.name), info)
     mirror.open()
     try:
         report.index_faces = mirror.index.count

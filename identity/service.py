@@ -22,18 +22,14 @@ import numpy as np
 from identity.config import Settings, get_settings
 from identity.errors import InputError, MultipleFacesError, NoFaceError
 from identity.faces import models
-from identity.faces.detect import Detector, ScrfdDetector, Selection, make_detector
-from identity.faces.embed import resolve_device
-from identity.faces.pipeline import (
-    DecodeLimits,
-    FacePipeline,
-    as_ref,
-    decode_or_error,
-    to_full_resolution,
-)
 from identity.faces.types import DetectedFace, Face, ImageRef, ImageResult
 
+# The vision pipeline (torch, torchvision, facenet-pytorch: seconds to import) is imported
+# where it is first needed, so that commands which never touch an image, `identity
+# persons list` or `identity keys create`, start without it.
 if TYPE_CHECKING:
+    from identity.faces.detect import Detector, ScrfdDetector, Selection
+    from identity.faces.pipeline import FacePipeline
     from identity.enroll import EnrollItem, EnrollSummary, ItemOutcome
     from identity.index import IndexMirror
     from identity.runners import Runner
@@ -166,6 +162,8 @@ class Service:
     @property
     def pipeline(self) -> FacePipeline:
         """Detector and embedding network (loads the weights)."""
+        from identity.faces.pipeline import FacePipeline
+
         return self._open("pipeline", lambda: FacePipeline.from_settings(self.settings))
 
     @property
@@ -173,6 +171,9 @@ class Service:
         """The detector alone: the pipeline's when it is loaded, else one without the embedding network."""
         if self._pipeline is not None:
             return self._pipeline.detector
+        from identity.faces.detect import make_detector
+        from identity.faces.embed import resolve_device
+
         return self._open("detector", lambda: make_detector(self.settings.pipeline,
                                                            resolve_device(self.settings.pipeline.device)))
 
@@ -193,7 +194,7 @@ class Service:
             self.follow_moves()
 
         def make() -> IndexMirror:
-            mirror = IndexMirror(self.store, self.settings, self.model_info)
+            mirror = IndexMirror.from_settings(self.store, self.settings, self.model_info)
             mirror.start()
             return mirror
 
@@ -245,6 +246,8 @@ class Service:
     def detect(self, refs: Iterable[ImageRef | str | Path]) -> Iterator[Detection | ImageResult]:
         """Boxes, landmarks and probabilities without loading the embedding network.
         Unreadable images come back as an `ImageResult` carrying the error."""
+        from identity.faces.pipeline import DecodeLimits, as_ref, decode_or_error, to_full_resolution
+
         limits = DecodeLimits.from_settings(self.settings.pipeline)
         for ref in map(as_ref, refs):
             image = decode_or_error(ref, limits)
@@ -774,12 +777,14 @@ class Service:
             _log.warning("the configured model is %s, but the store serves %s since model move %s; serving %s "
                          "(set IDENTITY_MODEL=%s to say so)", self._configured_model, served,
                          move.id if move else "?", served, served)
+            from identity.faces.pipeline import FacePipeline
+
             pipeline = FacePipeline.from_settings(settings) if self._pipeline is not None else None
             index = None
             if self._index is not None:
                 from identity.index import IndexMirror
 
-                index = IndexMirror(self.store, settings, info)
+                index = IndexMirror.from_settings(self.store, settings, info)
                 index.start()
             with self._opening:
                 old_index = self._index if "index" in self._owned else None
@@ -804,11 +809,23 @@ class Service:
         """Re-embed every stored face with `target`, build its index, switch (MoveReport)."""
         from identity import moves
 
+        self.target_model(target)
         report = moves.migrate(self.store, self.settings, target, switch=switch, page=page or moves.PAGE,
                                on_progress=on_progress)
         if report.switched:
             self.follow_moves(force=True)
         return report
+
+    @staticmethod
+    def target_model(name: str) -> models.ModelSpec:
+        """The registry's model `name`, asked for by a user: unknown is their mistake
+        (UnknownModelError, exit 2 / 422), unlike the configured model missing."""
+        from identity.errors import ModelNotFoundError, UnknownModelError
+
+        try:
+            return models.get_model(name)
+        except ModelNotFoundError as exc:
+            raise UnknownModelError(str(exc)) from exc
 
     def start_model_move_job(self, spec: dict[str, Any], *, key_id: str | None = None) -> Job:
         """The move (or its finalization) as a recorded job run by this process."""

@@ -32,12 +32,12 @@ def upload(path: Path, field: str = "image") -> tuple:
 def api_settings(pg_server, model_settings, tmp_path_factory) -> Settings:
     url = pg_server.new_database("api")
     root = tmp_path_factory.mktemp("allowed")
-    yield model_settings.replace(**{
-        "database_url": url,
-        "data_dir": tmp_path_factory.mktemp("api-data"),
-        "allowed_roots": [root],
-        "job_batch_size": 2,
-    })
+    yield model_settings.replace(
+        database_url=url,
+        data_dir=tmp_path_factory.mktemp("api-data"),
+        allowed_roots=[root],
+        job_batch_size=2,
+    )
     pg_server.drop_database(url)
 
 
@@ -136,7 +136,7 @@ def test_keys_are_stored_hashed(client):
 
 
 def test_oversized_upload_is_refused_with_413_before_anything_reads_it(api_settings):
-    small = create_app(api_settings.replace(**{"max_upload_bytes": 10_000}), warm=False)
+    small = create_app(api_settings.replace(max_upload_bytes=10_000), warm=False)
     with TestClient(small, raise_server_exceptions=False) as c:
         big = PERSON_A / "Andy_Roddick_0001.jpg"
         assert big.stat().st_size > 10_000
@@ -144,7 +144,7 @@ def test_oversized_upload_is_refused_with_413_before_anything_reads_it(api_setti
 
 
 def test_too_many_images_in_one_request_is_refused(api_settings, keys):
-    few = create_app(api_settings.replace(**{"max_images_per_request": 2}), warm=False)
+    few = create_app(api_settings.replace(max_images_per_request=2), warm=False)
     with TestClient(few, raise_server_exceptions=False) as c:
         files = [upload(p, "images") for p in photos(PERSON_A)[:3]]
         error = assert_error(c.post("/v1/detect", files=files, headers=auth(keys["read"])), 413, "payload_too_large")

@@ -15,10 +15,10 @@ from identity.store.keys import create_key
 @pytest.fixture(scope="module")
 def schema_app(pg_server, model_settings, tmp_path_factory):
     url = pg_server.new_database("schema")
-    app = create_app(model_settings.replace(**{
-        "database_url": url, "data_dir": tmp_path_factory.mktemp("schema-data"),
-        "allowed_roots": [tmp_path_factory.mktemp("schema-root")],
-    }), warm=False)
+    app = create_app(model_settings.replace(
+        database_url=url, data_dir=tmp_path_factory.mktemp("schema-data"),
+        allowed_roots=[tmp_path_factory.mktemp("schema-root")],
+    ), warm=False)
     _warm(app)  # as the lifespan would, but before the first request: /readyz must say 200
     yield app
     app.state.service.close()

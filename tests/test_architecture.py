@@ -131,3 +131,19 @@ def test_identity_never_imports_workers(graph):
     """workers wraps identity for Celery; identity reaches it only through the broker."""
     found = _chains(graph, "identity", "workers")
     assert not found, "identity imports workers:\n" + "\n".join(found)
+
+
+def test_commands_that_never_touch_an_image_do_not_import_torch():
+    """torch, torchvision and facenet-pytorch take seconds to import: the CLI, the service
+    and the model registry load them only when a network or a detector is needed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, identity, identity.cli, identity.service, identity.faces.models as m; "
+        "m.get_model('facenet-keras-128'); "
+        "heavy = sorted(n for n in ('torch', 'torchvision', 'facenet_pytorch') if n in sys.modules); "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

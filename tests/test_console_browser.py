@@ -53,12 +53,12 @@ def _chromium() -> str:
 def console_settings(pg_server, model_settings, tmp_path_factory):
     url = pg_server.new_database("console")
     root = tmp_path_factory.mktemp("console-allowed")
-    yield model_settings.replace(**{
-        "database_url": url,
-        "data_dir": tmp_path_factory.mktemp("console-data"),
-        "allowed_roots": [root],
-        "job_batch_size": 2,
-    })
+    yield model_settings.replace(
+        database_url=url,
+        data_dir=tmp_path_factory.mktemp("console-data"),
+        allowed_roots=[root],
+        job_batch_size=2,
+    )
     pg_server.drop_database(url)
 
 

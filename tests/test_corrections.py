@@ -218,7 +218,7 @@ def api(pg_server, model_settings, tmp_path_factory):
     from identity.store.keys import create_key
 
     url = pg_server.new_database("corrections")
-    settings = model_settings.replace(**{"database_url": url, "data_dir": tmp_path_factory.mktemp("c-data")})
+    settings = model_settings.replace(database_url=url, data_dir=tmp_path_factory.mktemp("c-data"))
     with ready_api_client(settings) as client:
         store = client.app.state.service.store
         keys = {scope: create_key(store, f"c-{scope}", [scope]) for scope in ("read", "enroll", "admin")}

@@ -18,10 +18,10 @@ SLOW_REQUEST_S = 60.0  # a request slower than this counts as a hang
 @pytest.fixture(scope="module")
 def client(pg_server, model_settings, tmp_path_factory):
     url = pg_server.new_database("hostile")
-    settings = model_settings.replace(**{
-        "database_url": url, "data_dir": tmp_path_factory.mktemp("hostile-data"),
-        "allowed_roots": [tmp_path_factory.mktemp("hostile-root")],
-    })
+    settings = model_settings.replace(
+        database_url=url, data_dir=tmp_path_factory.mktemp("hostile-data"),
+        allowed_roots=[tmp_path_factory.mktemp("hostile-root")],
+    )
     with ready_api_client(settings) as test_client:
         yield test_client
     pg_server.drop_database(url)

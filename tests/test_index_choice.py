@@ -39,7 +39,7 @@ def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
     loaded, _ = load_snapshot(directory, model=MODEL.name, model_version="v1", dim=32, db_watermark=42)
     assert loaded.choice == index.choice
 
-    mirror = IndexMirror(_Store(), settings, MODEL)
+    mirror = IndexMirror.from_settings(_Store(), settings, MODEL)
     mirror._publish(loaded, 42)
     status = mirror.status().to_dict()
     assert status["chosen_because"] == index.choice.reason

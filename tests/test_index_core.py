@@ -238,7 +238,7 @@ def test_default_index_type_follows_the_size_and_memory_rule():
 
 
 def _budget(settings: Settings, mb: int) -> IndexSettings:
-    return settings.replace(**{"index_memory_budget_mb": mb}).index
+    return settings.replace(index_memory_budget_mb=mb).index
 
 
 def test_the_memory_budget_moves_the_choice_and_the_reason_says_why():

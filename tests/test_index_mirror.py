@@ -86,7 +86,7 @@ def assert_same(got, want) -> None:
 
 @pytest.fixture
 def mirror_settings(store_settings):
-    return store_settings.replace(**{"index_poll_seconds": 0.2, "index_use_gpu": False})
+    return store_settings.replace(index_poll_seconds=0.2, index_use_gpu=False)
 
 
 # --- exactness: the mirror equals PostgreSQL after any sequence of changes --------------
@@ -110,7 +110,7 @@ def test_after_any_enrolls_deletes_and_merges_the_exact_index_equals_brute_force
 ):
     # The database accumulates across examples: each example starts from whatever the
     # previous ones left, builds a fresh mirror from it, then follows the new changes.
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     mirror.open()
     existing = {p.external_id for p in store.list_persons(limit=1000).items}
     for op, a, b in sequence:
@@ -139,7 +139,7 @@ def test_after_any_enrolls_deletes_and_merges_the_exact_index_equals_brute_force
 def test_a_restart_from_the_snapshot_replays_the_tail_and_answers_as_a_rebuild(store, mirror_settings, caplog):
     for p in range(20):
         enroll(store, f"p{p}", identity=p, n_faces=2)
-    first = IndexMirror(store, mirror_settings, MODEL)
+    first = IndexMirror.from_settings(store, mirror_settings, MODEL)
     first.open()  # builds and writes the first snapshot
     snap_watermark = first.watermark
     for p in range(20, 30):
@@ -149,12 +149,12 @@ def test_a_restart_from_the_snapshot_replays_the_tail_and_answers_as_a_rebuild(s
     del first  # no clean stop: the changes above exist only in PostgreSQL's change log
 
     with caplog.at_level(logging.INFO, logger="identity.index"):
-        restarted = IndexMirror(store, mirror_settings, MODEL)
+        restarted = IndexMirror.from_settings(store, mirror_settings, MODEL)
         restarted.open()
     assert f"at watermark {snap_watermark}" in caplog.text and "snapshot loaded" in caplog.text
     assert restarted.watermark == store.watermark(MODEL.name) > snap_watermark
 
-    rebuilt = IndexMirror(store, mirror_settings.replace(**{"data_dir": mirror_settings.data_dir / "b"}), MODEL)
+    rebuilt = IndexMirror(store, mirror_settings.index, MODEL, data_dir=mirror_settings.data_dir / "b")
     rebuilt.open()
     queries = GEN.new_faces(np.arange(30))
     assert restarted.search(queries, 5, 0.5) == rebuilt.search(queries, 5, 0.5)
@@ -163,13 +163,13 @@ def test_a_restart_from_the_snapshot_replays_the_tail_and_answers_as_a_rebuild(s
 
 def test_a_crash_between_commit_and_index_update_loses_nothing(store, mirror_settings):
     enroll(store, "alice", identity=1)
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     mirror.open()
     mirror.snapshot()
     enroll(store, "bob", identity=2)  # committed; the process "dies" before syncing
     assert not mirror.search(GEN.new_faces([2]), 5, 0.5)[0].known
 
-    after_crash = IndexMirror(store, mirror_settings, MODEL)
+    after_crash = IndexMirror.from_settings(store, mirror_settings, MODEL)
     after_crash.open()
     bob = store.get_person("bob").id
     assert after_crash.search(GEN.new_faces([2]), 5, 0.5)[0].best.person_id == bob
@@ -193,7 +193,7 @@ def test_a_snapshot_that_does_not_fit_is_discarded_with_the_reason_and_rebuilt(s
         model_version=stale.get("model_version", MODEL.version), watermark=stale.get("watermark", 1),
     )
     with caplog.at_level(logging.INFO, logger="identity.index"):
-        mirror = IndexMirror(store, mirror_settings, MODEL)
+        mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
         mirror.open()
     assert "discarded" in caplog.text and "rebuilding" in caplog.text
     assert mirror.index.count == 3 and mirror.index.dim == 128
@@ -205,9 +205,9 @@ def test_a_snapshot_that_does_not_fit_is_discarded_with_the_reason_and_rebuilt(s
 
 def test_a_face_is_searchable_within_a_second_of_its_commit_and_not_before(store, mirror_settings):
     # A 30 s poll: only LISTEN/NOTIFY can make the deadline.
-    settings = mirror_settings.replace(**{"index_poll_seconds": 30.0})
+    settings = mirror_settings.replace(index_poll_seconds=30.0)
     enroll(store, "alice", identity=1)
-    with IndexMirror(store, settings, MODEL) as mirror:
+    with IndexMirror.from_settings(store, settings, MODEL) as mirror:
         [alice] = store.person_faces("alice")
         vector = GEN.new_faces([42])[0]
         with psycopg.connect(store.url) as conn:
@@ -239,7 +239,7 @@ def _finds(mirror: IndexMirror, vector: np.ndarray) -> bool:
 
 def test_status_reports_size_watermark_lag_type_and_device(store, mirror_settings):
     enroll(store, "alice", identity=1, n_faces=2)
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     mirror.open()
     enroll(store, "bob", identity=2)
     status = mirror.status()
@@ -252,9 +252,9 @@ def test_status_reports_size_watermark_lag_type_and_device(store, mirror_setting
 def test_rebuild_swaps_in_a_fresh_index_of_the_configured_type(store, mirror_settings):
     for p in range(40):
         enroll(store, f"p{p}", identity=p, n_faces=3)
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     mirror.open()
-    mirror.settings = mirror_settings.replace(**{"index_type": "hnsw"})
+    mirror.settings = mirror_settings.index.model_copy(update={"type": "hnsw"})
     status = mirror.rebuild()
     assert status.index_type.startswith("hnsw") and status.count == 120
     queries = GEN.new_faces(np.arange(40))
@@ -282,7 +282,7 @@ def test_pgvector_hnsw_search_uses_the_index_and_agrees_with_the_mirror(store, m
         )
     assert name in plan
 
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     mirror.open()
     queries = GEN.new_faces(np.arange(60))
     sql_results = search_sql(store, MODEL.name, MODEL.dim, queries, 5, 0.5, ef_search=100)
@@ -299,7 +299,7 @@ def test_searches_go_through_pgvector_until_the_mirror_is_ready(store, mirror_se
 
     for p in range(10):
         enroll(store, f"p{p}", identity=p)
-    mirror = IndexMirror(store, mirror_settings, MODEL)
+    mirror = IndexMirror.from_settings(store, mirror_settings, MODEL)
     queries = GEN.new_faces(np.arange(10))
     before, path_before = search_any(mirror, store, MODEL, queries, 5, 0.5)
     mirror.open()

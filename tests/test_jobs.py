@@ -32,7 +32,7 @@ def plan_of(n_batches: int) -> list[list[dict]]:
 
 @pytest.fixture
 def service(store_settings):
-    with Service(store_settings.replace(**{"job_max_resumes": 2})) as svc:
+    with Service(store_settings.replace(job_max_resumes=2)) as svc:
         yield svc
 
 

@@ -48,7 +48,7 @@ def test_a_move_adds_target_vectors_beside_the_source_and_a_target_mirror_follow
     enroll(store, "b1", "bob")
     move, resumed = store.begin_move(SOURCE.name, TARGET)
     assert not resumed and move.state == "running" and move.faces_total == 3
-    target_mirror = IndexMirror(store, mirror_settings, TARGET)
+    target_mirror = IndexMirror.from_settings(store, mirror_settings, TARGET)
     target_mirror.open()
     assert target_mirror.index.count == 0
 
@@ -97,7 +97,7 @@ def test_finalize_keeps_face_ids_drops_the_source_vectors_and_retires_the_source
         store.finalize_move(move)  # not switched yet
     vectors = embed_missing(store, move)
     store.switch_move(move)
-    mirror = IndexMirror(store, mirror_settings, TARGET)
+    mirror = IndexMirror.from_settings(store, mirror_settings, TARGET)
     mirror.open()
     # after the switch, enrolling the same photo with the target is not a second face
     again = store.add_faces([FacesToAdd(image("a1", 2, dim=TARGET.dim), external_id="alice")], model=TARGET)[0]

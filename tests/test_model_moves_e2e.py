@@ -157,7 +157,7 @@ def test_an_admin_api_job_moves_the_store_and_the_api_answers_with_the_new_model
                 time.sleep(0.3)
 
         assert start({"target": TARGET}, read).status_code == 403
-        assert start({"target": "no-such-model"}, admin).status_code == 503  # model_not_found
+        assert start({"target": "no-such-model"}, admin).status_code == 422  # unknown_model
         created = start({"target": TARGET}, admin)
         assert created.status_code == 202, created.text
         assert created.json()["kind"] == "model_move"

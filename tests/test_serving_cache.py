@@ -51,8 +51,7 @@ def eventually(check, timeout: float = 1.0, what: str = "") -> float:
 
 @pytest.fixture
 def service(store_settings):
-    svc = Service(store_settings.replace(**{"index_poll_seconds": 0.2, "index_use_gpu": False,
-                                            "cache_seconds": 60.0}))
+    svc = Service(store_settings.replace(index_poll_seconds=0.2, index_use_gpu=False, cache_seconds=60.0))
     yield svc
     svc.close()
 
@@ -83,7 +82,7 @@ def test_a_cached_key_answers_without_the_database_and_a_revocation_elsewhere_en
 
 
 def test_a_lost_announcement_is_bounded_by_the_time_to_live(store_settings, store):
-    svc = Service(store_settings.replace(**{"cache_seconds": 0.5}))
+    svc = Service(store_settings.replace(cache_seconds=0.5))
     try:
         _listening(svc)
         key_id, key = create_key(store, "ttl", ["read"])
@@ -152,7 +151,7 @@ def test_unknown_key_ids_are_not_cached(service, store):
 
 
 def test_the_api_refuses_a_revoked_key_within_a_second_and_answers_401_not_500(store_settings, store):
-    settings = store_settings.replace(**{"cache_seconds": 60.0})
+    settings = store_settings.replace(cache_seconds=60.0)
     key_id, key = create_key(store, "api", ["read"])
     with TestClient(create_app(settings, warm=False), raise_server_exceptions=False) as client:
         headers = {"X-API-Key": key}
@@ -222,7 +221,7 @@ def test_this_process_reads_its_own_rename_at_once(service, store):
 
 
 def test_with_cache_seconds_0_nothing_is_cached(store_settings, store):
-    svc = Service(store_settings.replace(**{"cache_seconds": 0}))
+    svc = Service(store_settings.replace(cache_seconds=0))
     try:
         key_id, key = create_key(store, "nocache", ["read"])
         svc.authenticate(key)
@@ -246,3 +245,78 @@ def test_the_triggers_announce_keys_and_persons_on_commit(store_settings, store)
         store.delete_person("notify-p")
         got = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=3)]
     assert got == [("identity_keys", key_id), ("identity_persons", str(pid)), ("identity_persons", str(pid))]
+
+
+# --- the hot path of POST /v1/search/embedding --------------------------------------------
+
+
+def test_search_by_embedding_runs_on_the_event_loop_for_an_approximate_index_and_in_a_thread_otherwise(
+    store_settings, store, monkeypatch
+):
+    from identity.api.routes import vision
+
+    settings = store_settings.replace(index_type="hnsw", index_use_gpu=False)
+    model = Service(settings).model_info
+    a = _unit(11)
+    _enroll(store, model, "loop-a", a, "Loop")
+    headers = {"X-API-Key": create_key(store, "loop", ["read"])[1]}
+    body = {"vectors": [a.tolist()], "k": 3, "level": "loose"}
+    with TestClient(create_app(settings, warm=False), raise_server_exceptions=False) as client:
+        first = client.post("/v1/search/embedding", json=body, headers=headers)  # opens the index
+        assert first.status_code == 200, first.text
+        assert client.app.state.service.index.index.spec.kind == "hnsw"
+        threaded = []
+        original = vision.run_in_threadpool
+
+        async def counting(fn, *args, **kwargs):
+            threaded.append(fn)
+            return await original(fn, *args, **kwargs)
+
+        monkeypatch.setattr(vision, "run_in_threadpool", counting)
+        inline = client.post("/v1/search/embedding", json=body, headers=headers)
+        assert inline.status_code == 200 and threaded == []
+        assert inline.json() == first.json()
+        assert inline.json()["results"][0]["matches"][0]["display_name"] == "Loop"
+        # A person filter reads the database: a thread. So do many queries at once.
+        filtered = client.post("/v1/search/embedding", json={**body, "persons": ["loop-a"]}, headers=headers)
+        assert filtered.status_code == 200 and len(threaded) == 1
+        many = client.post("/v1/search/embedding", json={**body, "vectors": [a.tolist()] * 9}, headers=headers)
+        assert many.status_code == 200 and len(threaded) == 2
+        bad = client.post("/v1/search/embedding", json={**body, "vectors": [[0.0] * 128]}, headers=headers)
+        assert bad.status_code == 422, bad.text  # an error on the loop is still the error shape, not a 500
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_passes_the_access_log_setting_to_uvicorn(monkeypatch, workers):
+    import uvicorn
+
+    from identity.api import app as app_module
+    from identity.api import server
+    from identity.config import Settings
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(app_module, "create_app", lambda settings: object())
+    monkeypatch.setattr(server, "_exit_on_sigterm", lambda: None)  # not in the test process
+    server.serve(Settings(api_workers=workers))
+    assert seen["access_log"] is False
+    server.serve(Settings(api_workers=workers, access_log=True))
+    assert seen["access_log"] is True
+
+
+def test_the_process_supervising_several_workers_does_not_import_the_app():
+    """With api_workers > 1 the `identity serve` process only runs uvicorn's supervisor:
+    importing the app there would hold torch (~700 MB) beside every worker's own copy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, uvicorn\n"
+            "uvicorn.run = lambda *a, **k: print(sorted(m for m in ('torch', 'faiss', 'identity.service') if m in sys.modules))\n"
+            "from identity.api import serve\n"
+            "from identity.api import server\n"
+            "server._exit_on_sigterm = lambda: None\n"
+            "from identity.config import Settings\n"
+            "serve(Settings(api_workers=2))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

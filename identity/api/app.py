@@ -1,10 +1,8 @@
-"""The FastAPI application factory and `identity serve`."""
+"""The FastAPI application factory (`identity serve` is api/server.py)."""
 
 from __future__ import annotations
 
 import logging
-import signal
-import sys
 import threading
 from contextlib import asynccontextmanager
 
@@ -111,32 +109,6 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         app.include_router(router)
     console.install(app)  # the web console at / and the offline /docs
     return app
-
-
-def serve(settings: Settings | None = None) -> None:
-    """`identity serve`: uvicorn on settings.api.host:api_port."""
-    import uvicorn
-
-    settings = settings or get_settings()
-    _exit_on_sigterm()
-    if settings.api.workers > 1:
-        # Each worker process builds its own app (and index mirror) from the environment.
-        uvicorn.run("identity.api.app:app_from_env", factory=True, host=settings.api.host,
-                    port=settings.api.port, workers=settings.api.workers, proxy_headers=True,
-                    access_log=settings.api.access_log)
-    else:
-        uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, proxy_headers=True,
-                    access_log=settings.api.access_log)
-
-
-def _exit_on_sigterm() -> None:
-    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the
-    handler that was installed before it ran. Python's default one ends the process
-    without running atexit, and atexit is what stops the embedded PostgreSQL (SIGINT's
-    KeyboardInterrupt does run it): so SIGTERM left the server running. This handler
-    makes that second SIGTERM a normal exit with status 143."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def app_from_env() -> FastAPI:

@@ -65,8 +65,11 @@ class FaceIndex:
     (the same answer; two stages only pay off on large stores)."""
 
     def __init__(self, spec: IndexSpec, *, use_gpu: bool = False, cpu_index: faiss.Index | None = None,
-                 persons: PersonMap | None = None, exact_scan_above: int = 8192) -> None:
+                 persons: PersonMap | None = None, exact_scan_above: int = 8192, mapped: bool = False) -> None:
         self.spec = spec
+        # `cpu_index` is mapped read-only from a snapshot file (snapshot.load_snapshot):
+        # searched in place, copied into this process before the first physical change.
+        self.mapped = mapped
         self.use_gpu = use_gpu
         self.cpu_index = cpu_index if cpu_index is not None else create_index(spec)
         self.persons = persons if persons is not None else PersonMap()
@@ -110,12 +113,27 @@ class FaceIndex:
             return np.zeros((0, self.dim), np.float32)
         return faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
 
+    def _own(self) -> None:
+        """Make a mapped index this process's own before FAISS writes into it (writing into a
+        mapped index aborts the process). Costs one copy of the index, once; the mapped
+        pages then leave this process."""
+        if not self.mapped:
+            return
+        log.info("index: copying the mapped snapshot into this process before its first change")
+        self.cpu_index = faiss.deserialize_index(faiss.serialize_index(self.cpu_index))
+        self.mapped = False
+        self._fast_key = None
+        if self._placement is not None and not self._placement.on_gpu:  # a GPU clone is its own copy
+            self._placement = place(self.cpu_index, self.spec, use_gpu=False)
+
     def _physical_add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._own()
         self.cpu_index.add_with_ids(vectors, ids)
         if self._exact is not None:
             self._exact.append(vectors, self._flat_storage())
 
     def _physical_remove(self, ids: np.ndarray) -> None:
+        self._own()
         if self._exact is not None:
             # Positions before FAISS compacts them; the codes are compacted the same way.
             gone = np.isin(_id_map_view(self.cpu_index), ids)

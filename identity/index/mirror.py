@@ -106,11 +106,11 @@ def build_index(
 class IndexMirror:
     """Keeps a `FaceIndex` equal to the store's faces of one model, and searches it."""
 
-    def __init__(self, store: ChangeSource, settings: Settings, model: ModelInfo) -> None:
+    def __init__(self, store: ChangeSource, settings: IndexSettings, model: ModelInfo, *, data_dir: Path) -> None:
         self.store = store
         self.settings = settings
         self.model = model
-        self.directory: Path = snapshot_dir(settings.data_dir, model.name)
+        self.directory: Path = snapshot_dir(data_dir, model.name)
         self._index: FaceIndex | None = None
         self._watermark = 0
         self._apply_lock = threading.Lock()  # one writer: sync, rebuild and snapshot
@@ -119,6 +119,10 @@ class IndexMirror:
         self._thread: threading.Thread | None = None
         self._since_snapshot = 0
         self._last_sync_at: float | None = None
+
+    @classmethod
+    def from_settings(cls, store: ChangeSource, settings: Settings, model: ModelInfo) -> IndexMirror:
+        return cls(store, settings.index, model, data_dir=settings.data_dir)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -145,7 +149,8 @@ class IndexMirror:
                 model_version=self.model.version,
                 dim=self.model.dim,
                 db_watermark=self.store.watermark(self.model.name),
-                use_gpu=self.settings.index.use_gpu,
+                use_gpu=self.settings.use_gpu,
+                mmap=self.settings.mmap_snapshot,
             )
             if loaded is not None:
                 index, meta = loaded
@@ -186,7 +191,7 @@ class IndexMirror:
     def _build(self) -> tuple[FaceIndex, int]:
         started = time.perf_counter()
         watermark, batches = self.store.snapshot_embeddings(self.model.name)
-        index = build_index(batches, self.settings.index, self.model.dim)
+        index = build_index(batches, self.settings, self.model.dim)
         log.info(
             "index: built %s with %d faces of %s at watermark %d in %.1fs",
             index.spec.describe(), index.count, self.model.name, watermark, time.perf_counter() - started,
@@ -231,7 +236,7 @@ class IndexMirror:
             if index.needs_compaction:
                 index.compact()
             self._publish(index, watermark)
-        if self._since_snapshot >= self.settings.index.snapshot_changes:
+        if self._since_snapshot >= self.settings.snapshot_changes:
             self.snapshot()
         return watermark
 
@@ -261,7 +266,7 @@ class IndexMirror:
 
     def _follow(self) -> None:
         listener = None
-        poll = self.settings.index.poll_seconds
+        poll = self.settings.poll_seconds
         while not self._stop.is_set():
             if listener is None:
                 listener = self._listen()
@@ -290,7 +295,7 @@ class IndexMirror:
         try:
             return self.store.listen()
         except Exception as exc:
-            log.warning("index follower: cannot LISTEN (%s); polling every %.1fs", exc, self.settings.index.poll_seconds)
+            log.warning("index follower: cannot LISTEN (%s); polling every %.1fs", exc, self.settings.poll_seconds)
             return None
 
     # --- snapshots ------------------------------------------------------------------

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 CURRENT = "CURRENT.json"
+# Index kinds whose storage FAISS can map from the file (IndexFlatCodes, HNSW); IVF lists
+# are always read into memory.
+MAPPABLE = ("flat", "hnsw")
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,17 @@ def load_snapshot(
     dim: int,
     db_watermark: int,
     use_gpu: bool = False,
+    mmap: bool = False,
 ) -> tuple[FaceIndex, SnapshotMeta] | None:
     """The snapshot's index and metadata if it fits the live model and database; else
-    None, with a log line saying why it was discarded."""
+    None, with a log line saying why it was discarded.
+
+    `mmap`: a flat or HNSW index is mapped from the file read-only (FAISS's
+    IO_FLAG_MMAP_IFC) instead of copied into this process: its pages live in the page
+    cache, shared by every process that maps the same snapshot (the API's worker
+    processes), and loading takes a fraction of a second. FAISS must never write into a
+    mapped index (it aborts the process), so `FaceIndex` takes a private copy before its
+    first physical change (face_index.py, `mapped`)."""
     meta = read_meta(directory)
     if meta is None:
         log.info("index snapshot: none under %s; building from the database", directory)
@@ -177,7 +188,9 @@ def load_snapshot(
     why = refusal(meta, model=model, model_version=model_version, dim=dim, db_watermark=db_watermark)
     if why is None:
         try:
-            cpu_index = faiss.read_index(str(directory / meta.faiss_file))
+            mapped = mmap and meta.index_spec.kind in MAPPABLE
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mapped else 0
+            cpu_index = faiss.read_index(str(directory / meta.faiss_file), flags)
             with np.load(directory / meta.map_file) as arrays:
                 persons = PersonMap(arrays["ids"], arrays["persons"])
             if cpu_index.d != dim:
@@ -187,7 +200,7 @@ def load_snapshot(
     if why is not None:
         log.warning("index snapshot %s discarded: %s; rebuilding from the database", directory, why)
         return None
-    index = FaceIndex(meta.index_spec, use_gpu=use_gpu, cpu_index=cpu_index, persons=persons)
+    index = FaceIndex(meta.index_spec, use_gpu=use_gpu, cpu_index=cpu_index, persons=persons, mapped=mapped)
     if meta.choice:
         index.choice = Choice(meta.index_spec, meta.choice["reason"],
                               int(meta.choice["memory_bytes"]), int(meta.choice["budget_bytes"]))

@@ -90,13 +90,13 @@ class _TtlCache:
             if generation != self.generation or not self.active:
                 return
             for key, value in items:
+                self._entries.pop(key, None)  # re-inserted at the end: insertion order is age order
                 if len(self._entries) >= self.max_entries:
                     self._evict()
                 self._entries[key] = (now, value)
 
     def _evict(self) -> None:
-        # The oldest tenth (dicts keep insertion order; a refreshed entry is re-inserted
-        # only when it expired, so insertion order is close to age order).
+        # The oldest tenth (dicts keep insertion order, and put_many re-inserts).
         for key in list(self._entries)[: max(1, self.max_entries // 10)]:
             del self._entries[key]
 

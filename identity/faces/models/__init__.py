@@ -36,7 +36,6 @@ from identity.faces.models.kinds import (
 )
 from identity.faces.models.license import check_license, fetch_command
 from identity.faces.models.listing import describe
-from identity.faces.models.load import build_network, load_network, load_state_dict
 from identity.faces.models.manifest import (
     ClusteringDefaults,
     License,
@@ -92,3 +91,16 @@ __all__ = [
     "verify",
     "weight_path",
 ]
+
+
+_TORCH_NAMES = ("build_network", "load_network", "load_state_dict")
+
+
+def __getattr__(name: str):
+    # The loaders import torch (seconds); the rest of the registry does not, so commands
+    # that only read the manifest or the store (`identity persons list`) start quickly.
+    if name in _TORCH_NAMES:
+        from identity.faces.models import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
