@@ -168,7 +168,10 @@ def test_killing_celery_workers_mid_batch_loses_and_duplicates_nothing(manifest,
     killed = 0
     for point in kill_points(rng, 4, 1, 24):
         worker = Worker(settings, tmp_path)
-        if wait_until(lambda: faces_in(url) >= point, 300) and worker.busy() > 0:
+        # Killed mid-batch: once the point is reached, as soon as this worker holds a task
+        # it has not finished (between two tasks a kill would test nothing).
+        if (wait_until(lambda: faces_in(url) >= point, 300, run)
+                and wait_until(lambda: worker.busy() > 0, 120, run)):
             worker.kill()
             killed += 1
         else:
