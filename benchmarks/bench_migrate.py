@@ -1,6 +1,6 @@
 """Migration speed: `identity models migrate` (identity.moves.migrate) on N stored faces.
 
-    python benchmarks/bench_migrate.py [--faces 10000] [--photos 200] [--target w600k-mbf-512]
+    python -m benchmarks.bench_migrate [--faces 10000] [--photos 200] [--target w600k-mbf-512]
                                        [--batch 64] [--device cpu] [--out benchmarks/out/migrate.json]
 
 A throwaway embedded PostgreSQL gets N faces of facenet-keras-128, each with a real
@@ -31,33 +31,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_chips import SHARED, detect_all
 from identity import moves
 from identity.config import Settings
 from identity.faces.chips import make_chip
-from identity.faces.decode import decode_image
-from identity.faces.detect import Detector
 from identity.faces.types import Face, ImageResult
 from identity.store import FacesToAdd, ModelInfo, Store
 from identity.store.testing import PgTestServer, server_directory
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SOURCE = ModelInfo("facenet-keras-128", "20170512-110547", 128)
 
 
 def real_chips(count: int, settings: Settings) -> list[tuple]:
     """(box, landmarks, chip) of the faces of the first `count` lfw-dev photos, in photo pixels."""
     paths = sorted((SHARED / "data" / "lfw-dev").glob("*/*.jpg"))[:count]
-    detector = Detector.from_settings(settings.pipeline)
     out = []
-    for start in range(0, len(paths), 32):
-        images = [decode_image(p.read_bytes(), source=str(p), max_pixels=settings.pipeline.max_image_pixels,
-                               max_side=settings.pipeline.detect_max_side) for p in paths[start:start + 32]]
-        for image, faces in zip(images, detector.detect([i.pixels for i in images])):
-            for face in faces:
-                chip = make_chip(image.pixels, face.box, face.landmarks, scale=image.scale)
-                inverse = 1.0 / image.scale
-                out.append((tuple(float(v) * inverse for v in face.box),
-                            (np.asarray(face.landmarks) * inverse).astype(np.float32), face.probability, chip))
+    for image, face in detect_all(paths, settings):
+        chip = make_chip(image.pixels, face.box, face.landmarks, scale=image.scale)
+        inverse = 1.0 / image.scale
+        out.append((tuple(float(v) * inverse for v in face.box),
+                    (np.asarray(face.landmarks) * inverse).astype(np.float32), face.probability, chip))
     return out
 
 

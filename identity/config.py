@@ -356,29 +356,30 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-class _Flat(PydanticBaseSettingsSource):
+class _WholeSource(PydanticBaseSettingsSource):
+    """A source that answers for every field at once, in `__call__`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused
+
+
+class _Flat(_WholeSource):
     """Another source's flat names, grouped."""
 
     def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
         super().__init__(settings_cls)
         self.inner = inner
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ answers for every field at once
-
     def __call__(self) -> dict[str, Any]:
         return group_flat(self.inner())
 
 
-class _TomlSource(PydanticBaseSettingsSource):
+class _TomlSource(_WholeSource):
     """The TOML file: tables per group, or flat names at the top, or both."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
         super().__init__(settings_cls)
         self.path = path
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         with self.path.open("rb") as handle:

@@ -244,8 +244,7 @@ def test_killing_the_api_during_a_directory_job_resumes_it_and_loses_nothing(
             serve.kill()  # SIGKILL of the whole process group, mid-job or not
     last = Serve(env, tmp_path / "serve-last.log")
     try:
-        job = last.wait(lambda: (j := last.get(f"/v1/jobs/{job_id}", headers=headers).json())["status"]
-                        in ("succeeded", "failed") and j, timeout=900, what="the resumed job")
+        job = last.finished_job(job_id, headers, timeout=900)
     finally:
         last.kill()
     assert killed >= 3

@@ -54,6 +54,14 @@ class Serve:
             assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.text()[-3000:]}"
             time.sleep(0.05)
 
+    def finished_job(self, job_id: str, headers: dict, timeout: float) -> dict:
+        """The job's record once it has succeeded or failed."""
+        def ended():
+            job = self.get(f"/v1/jobs/{job_id}", headers=headers).json()
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        return self.wait(ended, timeout=timeout, what="the resumed job")
+
     def database_ok(self) -> bool:
         return self.get("/readyz").json()["checks"]["database"]["ok"]
 
@@ -108,8 +116,7 @@ def test_a_directory_job_of_a_killed_serve_is_resumed_where_it_stopped_by_the_ne
 
     second = Serve(env, tmp_path / "serve-2.log")
     try:
-        done = second.wait(lambda: (job := second.get(f"/v1/jobs/{job_id}", headers=headers).json())["status"]
-                           in ("succeeded", "failed") and job, timeout=300, what="the resumed job")
+        done = second.finished_job(job_id, headers, timeout=300)
     finally:
         second.kill()
     assert done["status"] == "succeeded" and done["resumes"] == 1, done

@@ -63,25 +63,18 @@ def drop_hnsw_index(store, model: str) -> None:
 def _query(dim: int, model: str, k: int, restricted: bool, moving: bool = False) -> sql.Composed:
     """`moving`: the model has vectors in face_embeddings (a model move's target), which
     the partial HNSW index on faces does not cover: read the face_vectors view (exact)."""
-    if moving:
-        expr = _embedding(dim)
-        vec = sql.SQL("%(q)s::vector({})").format(sql.Literal(int(dim)))
-        where = sql.SQL("model = {}").format(sql.Literal(model))
-        if restricted:
-            where = where + sql.SQL(" AND person_id = ANY(%(persons)s)")
-        return sql.SQL(
-            "SELECT face_id, coalesce(person_id, -1), -({expr} <#> {vec}) FROM face_vectors WHERE {where} "
-            "ORDER BY {expr} <#> {vec} LIMIT {k}"
-        ).format(expr=expr, vec=vec, where=where, k=sql.Literal(int(k)))
+    # The view names the face `face_id`; faces itself names it `id`.
+    source, face_id = ("face_vectors", "face_id") if moving else ("faces", "id")
     expr = _embedding(dim)
     vec = sql.SQL("%(q)s::vector({})").format(sql.Literal(int(dim)))
     where = sql.SQL("model = {}").format(sql.Literal(model))
     if restricted:
         where = where + sql.SQL(" AND person_id = ANY(%(persons)s)")
     return sql.SQL(
-        "SELECT id, coalesce(person_id, -1), -({expr} <#> {vec}) FROM faces WHERE {where} "
+        "SELECT {face_id}, coalesce(person_id, -1), -({expr} <#> {vec}) FROM {source} WHERE {where} "
         "ORDER BY {expr} <#> {vec} LIMIT {k}"
-    ).format(expr=expr, vec=vec, where=where, k=sql.Literal(int(k)))
+    ).format(face_id=sql.Identifier(face_id), source=sql.Identifier(source), expr=expr, vec=vec,
+             where=where, k=sql.Literal(int(k)))
 
 
 def search_faces_sql(
