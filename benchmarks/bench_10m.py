@@ -16,6 +16,9 @@ identity owns the best face). Methods:
 * ivfpq    IVF-PQ (d/4 bytes a face) + `RerankedIndex` (k' candidates re-scored exactly).
 * hnsw     FAISS HNSW with float32 rows in RAM (sizes up to --max-hnsw only: its build
            time on two cores is the limit).
+* hnsw-sq8 HNSW over 8-bit codes in RAM (d bytes a face + the graph) + `RerankedIndex`
+           (k' = --sq8-rerank candidates re-scored exactly from the file); sizes up to
+           --max-hnsw-sq8.
 """
 
 from __future__ import annotations
@@ -152,6 +155,24 @@ def run_size(rows, labels, n, dim, args, emit) -> None:
             report("ivfpq + exact re-rank from file", f"nlist={nlist}, m={m}, nprobe={nprobe}, k'={args.rerank}",
                    build, mem, p50, p99, found)
         del index
+    if "hnsw-sq8" in methods and n <= args.max_hnsw_sq8:
+        base = memory()["anon_mb"]
+        t = time.perf_counter()
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = args.ef_construction
+        index.train(np.asarray(view[sample_rows(np.random.default_rng(0), n, min(n, 100_000))]))
+        for start in range(0, n, 1 << 20):
+            index.add(np.asarray(view[start:start + (1 << 20)]))
+        build = time.perf_counter() - t
+        mem = memory() | {"anon_before_mb": base}
+        for ef in args.ef:
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, args.sq8_rerank))
+            reranked = RerankedIndex(index, view, rerank=args.sq8_rerank, params=params)
+            p50, p99, found = timed_queries(lambda q, r=reranked: r.search(q, K)[1], queries)
+            report("hnsw-sq8 + exact re-rank from file",
+                   f"M=32, efConstruction={args.ef_construction}, efSearch={max(ef, args.sq8_rerank)}, "
+                   f"k'={args.sq8_rerank}", build, mem, p50, p99, found)
+        del index
     if "hnsw" in methods and n <= args.max_hnsw:
         base = memory()["anon_mb"]
         t = time.perf_counter()
@@ -180,6 +201,9 @@ def main() -> None:
     ap.add_argument("--rerank", type=int, default=200, help="candidates re-ranked exactly per query")
     ap.add_argument("--ef", type=int, nargs="+", default=[96])
     ap.add_argument("--max-hnsw", type=int, default=1_000_000)
+    ap.add_argument("--max-hnsw-sq8", type=int, default=10_000_000)
+    ap.add_argument("--ef-construction", type=int, default=64, help="hnsw-sq8's build breadth")
+    ap.add_argument("--sq8-rerank", type=int, default=40, help="hnsw-sq8: candidates re-ranked exactly per query")
     ap.add_argument("--dir", type=Path, default=Path("benchmarks/out/10m"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/search10m.jsonl"))
     args = ap.parse_args()

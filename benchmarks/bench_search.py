@@ -91,7 +91,8 @@ def measure(n, dim, method, params, build_s, rss, search_ids, search_persons, qu
                qps, float(recall), float(first), cpu_p50_ms=float(np.percentile(cpu, 50)))
 
 
-SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 64, 96, 128)}
+SWEEP = {"nprobe": (16, 64, 256), "ef_search": (32, 40, 48, 64, 96, 128)}
+RERANK_FACTORS: tuple[int, ...] = ()  # hnsw-sq8: also swept when given (--rerank-factors)
 
 
 def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth, labels, *, override=None) -> list[Row]:
@@ -117,13 +118,14 @@ def bench_faiss(kind, settings, n, dim, vectors, persons, queries, batch, truth,
         return np.array([r.best.person_id if r.known else -1 for r in index.search(q, K, THRESHOLD)])
 
     rows = []
-    sweep = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef_search"}.get(spec.kind)
+    sweep = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef_search", "hnsw-sq8": "ef_search"}.get(spec.kind)
     values = [None] if sweep is None else sorted({getattr(spec, sweep), *SWEEP[sweep]})
-    for value in values:
+    factors = RERANK_FACTORS if spec.kind == "hnsw-sq8" and RERANK_FACTORS else (spec.rerank_factor,)
+    for value, factor in [(v, f) for f in factors for v in values]:
         if sweep is not None:
             if sweep == "nprobe" and value > spec.nlist:
                 continue
-            index.spec = replace(spec, **{sweep: value})
+            index.spec = replace(spec, **{sweep: value}, rerank_factor=factor)
         rows.append(measure(n, dim, f"faiss {kind}", index.spec.describe(), build, rss, ids_of, persons_of,
                             queries, batch, truth, labels))
     if spec.kind == "flat":
@@ -343,18 +345,20 @@ def run_config(n, dim, args, out: Path) -> None:
         emit(bench_bare_flat(*common))
     if "numpy" in methods and not big:
         emit(bench_numpy(*common))
-    for kind in ("flat", "ivf", "ivfpq", "hnsw"):
+    for kind in ("flat", "ivf", "ivfpq", "hnsw", "hnsw-sq8"):
         if kind not in methods or (kind == "flat" and big):
             continue
-        if kind == "hnsw" and n * dim > args.max_hnsw:
-            print(f"[{n}x{dim}] hnsw skipped (build too slow on this machine; --max-hnsw)", flush=True)
+        if kind.startswith("hnsw") and n * dim > args.max_hnsw:
+            print(f"[{n}x{dim}] {kind} skipped (build too slow on this machine; --max-hnsw)", flush=True)
             continue
         if kind == "ivfpq" and dim > 256 and not big:
             continue
         override = {"nlist": min(4096, choose_spec(settings.index, n, dim, kind="ivf").nlist)} if big else None
         if override and kind in ("ivf", "ivfpq"):
             override["nprobe"] = 64
-        for row in bench_faiss(kind, settings, *common, override=override if kind in ("ivf", "ivfpq") else None):
+        if kind.startswith("hnsw"):
+            override = {"ef_construction": args.ef_construction} if args.ef_construction else None
+        for row in bench_faiss(kind, settings, *common, override=override):
             emit(row)
     if "pgvector" in methods and n <= args.pgvector_max:
         emit(bench_pgvector(*common, ef_search=args.pg_ef_search))
@@ -364,15 +368,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
-    ap.add_argument("--methods", default="bare,numpy,flat,ivf,ivfpq,hnsw,pgvector")
+    ap.add_argument("--methods", default="bare,numpy,flat,ivf,ivfpq,hnsw,hnsw-sq8,pgvector")
     ap.add_argument("--queries", type=int, default=200, help="single queries (latency, recall, identity-first)")
     ap.add_argument("--batch", type=int, default=2000, help="queries in the batched-throughput call")
     ap.add_argument("--max-hnsw", type=int, default=1_000_000 * 128, help="largest n*dim for which HNSW is built")
+    ap.add_argument("--ef-construction", type=int, default=None, help="HNSW build breadth (default: the settings')")
+    ap.add_argument("--ef", type=int, nargs="+", default=None, help="efSearch values swept (default: %s)" % (SWEEP["ef_search"],))
+    ap.add_argument("--rerank-factors", type=int, nargs="+", default=None,
+                    help="hnsw-sq8: re-rank factors swept with each efSearch (default: the settings')")
     ap.add_argument("--max-flat-gb", type=float, default=3.0, help="skip exact baselines above this much float32")
     ap.add_argument("--pgvector-max", type=int, default=100_000)
     ap.add_argument("--pg-ef-search", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/search.jsonl"))
     args = ap.parse_args()
+    if args.ef:
+        SWEEP["ef_search"] = tuple(args.ef)
+    if args.rerank_factors:
+        global RERANK_FACTORS
+        RERANK_FACTORS = tuple(args.rerank_factors)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     print(json.dumps(info), flush=True)

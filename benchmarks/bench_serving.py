@@ -18,14 +18,26 @@ CPU is reported beside the server's and PostgreSQL's.
         --out benchmarks/out/serving.json
 
 `--state DIR` keeps the database and snapshot in DIR between runs (filled once).
+
+`--enroll N`: the memory rows then measure a server under a stream of writes. Each
+server (mapped snapshot) serves, then N new faces are enrolled through `Store.add_faces`,
+and memory is measured once every worker has applied them (its /readyz face count).
+They run on a copy of the state (`CREATE DATABASE … TEMPLATE`, the snapshot directory
+hard-linked: snapshot files are never rewritten), so the state itself is left as it was;
+with `--before REV` the rows alternate between that revision and this tree.
+
+    nice python -m benchmarks.bench_serving --state /tmp/sv/s1m --workers \
+        --memory-workers 1 2 4 --enroll 20000 --before HEAD --out benchmarks/out/serving_memory_writes.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +46,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
 from benchmarks.bench_api import CACHE, MODELS, ROOT, fill_store, free_port
@@ -124,6 +137,17 @@ class Server:
                 time.sleep(0.5)
         return body
 
+    def wait_faces(self, count: int, timeout: float = 600) -> None:
+        """Every worker's index holds `count` faces (its /readyz, many times in a row)."""
+        deadline, streak = time.monotonic() + timeout, 0
+        while streak < 20 * self.workers:
+            assert time.monotonic() < deadline, f"workers did not reach {count} faces"
+            with httpx.Client(timeout=10) as http:
+                faces = http.get(self.url + "/readyz").json().get("checks", {}).get("index", {}).get("faces")
+            streak = streak + 1 if faces == count else 0
+            if streak == 0:
+                time.sleep(0.5)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -182,6 +206,44 @@ def prepare(state: Path, args) -> tuple[str, str, Path]:
     return url, (state / KEY_FILE).read_text().strip(), state / "queries.json"
 
 
+def memory_copy(state: Path, url: str) -> tuple[str, Path]:
+    """(database URL, data dir) of a fresh copy of the state for the --enroll rows."""
+    import psycopg
+
+    assert "/serving?" in url, url
+    with psycopg.connect(url.replace("/serving?", "/postgres?"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS serving_mem")
+        conn.execute("CREATE DATABASE serving_mem TEMPLATE serving")
+    data = state / "data-mem"
+    shutil.rmtree(data, ignore_errors=True)
+    subprocess.run(["cp", "-al", str(state / "data"), str(data)], check=True)
+    return url.replace("/serving?", "/serving_mem?"), data
+
+
+def enroll(url: str, data: Path, n: int, run: int) -> None:
+    """N new synthetic faces (new identities, 5 a person) through Store.add_faces."""
+    from benchmarks.synthetic import FaceLikeGenerator, load_target
+    from identity.config import Settings
+    from identity.faces import models
+    from identity.faces.types import Face, ImageResult
+    from identity.store import FacesToAdd, ModelInfo, Store
+
+    settings = Settings(database_url=url, data_dir=data, models_dir=MODELS, cache_dir=CACHE, device="cpu")
+    spec = models.get_model(settings.pipeline.model)
+    model = ModelInfo(spec.name, spec.version, spec.dim)
+    vectors, labels = FaceLikeGenerator.calibrated(dim=spec.dim, target=load_target(), seed=1000 + run).faces(n // 5, 5)
+    box, marks = (10.0, 10.0, 110.0, 130.0), np.zeros((5, 2), np.float32)
+    with Store.open(settings) as store:
+        for start in range(0, len(vectors), 1000):  # batches as enrollments arrive, not one bulk load
+            store.add_faces([
+                FacesToAdd(ImageResult(source=f"enrolled/{run}/{i}.jpg",
+                                       sha256=hashlib.sha256(b"memory-run-%d-%d" % (run, i)).hexdigest(),
+                                       width=250, height=250,
+                                       faces=(Face(box, marks, 0.99, embedding=vectors[i], quality=0.9),)),
+                           external_id=f"enrolled-{run}-{labels[i]}")
+                for i in range(start, min(start + 1000, len(vectors)))], model=model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=1_000_000)
@@ -194,6 +256,8 @@ def main() -> None:
     parser.add_argument("--rate-limit", default="1000000/minute",
                         help="the bench key's limit (the limiter stays in the path)")
     parser.add_argument("--state", type=Path, help="keep database and snapshot here between runs")
+    parser.add_argument("--enroll", type=int, default=0,
+                        help="memory rows: enroll this many faces into each running server before measuring")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "serving.json")
     args = parser.parse_args()
 
@@ -239,6 +303,9 @@ def main() -> None:
                 server.stop()
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
+    if args.enroll:
+        memory_under_writes(args, state, url, env, key, bodies, pg_pid, versions, result)
+        args.memory_workers = []
     for workers in args.memory_workers:
         for mmap in (False, True):  # each worker reads its own copy / maps the snapshot
             server = Server(code=ROOT, env={**env, "IDENTITY_INDEX_MMAP_SNAPSHOT": str(mmap).lower()},
@@ -254,6 +321,34 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def memory_under_writes(args, state, url, env, key, bodies, pg_pid, versions, result) -> None:
+    mem_url, data = memory_copy(state, url)
+    env = {**env, "IDENTITY_DATABASE_URL": mem_url, "IDENTITY_DATA_DIR": str(data),
+           "IDENTITY_INDEX_MMAP_SNAPSHOT": "true"}
+    run = 0
+    for workers in args.memory_workers:
+        for version, code in versions.items():
+            server = Server(code=code, env=env, workers=workers, log=state / f"serve-writes-{version}-{workers}.log")
+            try:
+                ready = server.wait_ready()
+                load(server, key, bodies, args.clients, 3.0, pg_pid)
+                before = memory(server.proc.pid)
+                count = ready["checks"]["index"]["faces"]
+                t = time.perf_counter()
+                enroll(mem_url, data, args.enroll, run)
+                enroll_s = time.perf_counter() - t
+                count += args.enroll
+                run += 1
+                server.wait_faces(count)
+                load(server, key, bodies, args.clients, 3.0, pg_pid)  # every worker has served since
+                row = {"version": version, "workers": workers, "enrolled": args.enroll, "faces": count,
+                       "enroll_s": round(enroll_s, 1), "before_enrolling": before["total"], **memory(server.proc.pid)}
+            finally:
+                server.stop()
+            result["memory"].append(row)
+            print(json.dumps(row), flush=True)
 
 
 def _postmaster(state: Path) -> int | None:

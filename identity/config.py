@@ -128,7 +128,7 @@ class StoreSettings(_Group):
 class IndexSettings(_Group):
     """The FAISS mirror: which index, its parameters, and how it follows the store."""
 
-    type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = Field("auto", alias="index_type")
+    type: Literal["auto", "flat", "ivf", "ivfpq", "hnsw", "hnsw-sq8"] = Field("auto", alias="index_type")
     exact_max: int = Field(
         2_000_000, alias="index_exact_max", description="With index_type=auto, exact search up to this many faces."
     )
@@ -143,6 +143,14 @@ class IndexSettings(_Group):
     ef_search: int | None = Field(
         None, alias="index_ef_search", ge=1, description="HNSW search breadth; unset: grows with the square root of the size "
         "(32 at 100k faces, about 100 at 1M)."
+    )
+    ef_construction: int = Field(
+        64, alias="index_ef_construction", ge=8, le=1024, description="HNSW build breadth: a larger one "
+        "builds a better graph (the same recall at a smaller efSearch), more slowly."
+    )
+    rerank_factor: int = Field(
+        4, alias="index_rerank_factor", ge=1, le=64, description="hnsw-sq8: candidates re-scored exactly "
+        "from the float32 rows per query, as a multiple of k."
     )
     use_gpu: bool = Field(True, alias="index_use_gpu")
     search_k: int = Field(5, ge=1, le=1000)

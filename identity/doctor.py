@@ -129,6 +129,9 @@ def _database(settings: Settings) -> Check:
             facts["pgvector_available"] = row[0] if row else None
         pending = pending_url(url)
         facts["pending_migrations"] = pending
+        if not pending:
+            with psycopg.connect(url, connect_timeout=10) as conn:
+                facts["serving_model"], facts["model_move"] = _serving(conn, settings.pipeline.model)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Check("database", False, f"unreachable: {reason}", facts, ServiceUnavailableError.exit_code)
@@ -145,7 +148,24 @@ def _database(settings: Settings) -> Check:
     if facts["pgvector"] is None and not embedded:
         return Check("database", False, f"{detail}: CREATE EXTENSION vector is needed", facts,
                      ConfigError.exit_code)
+    served, move = facts["serving_model"], facts["model_move"]
+    if served != settings.pipeline.model:
+        says = (f"{detail}; the store serves {served} since model move {move['id']} ({move['state']}), "
+                f"not the configured {settings.pipeline.model}: set IDENTITY_MODEL={served} (or [pipeline] model)")
+        if move["state"] == "finalized":  # the old model's faces are refused from now on
+            return Check("database", False, f"{says} and restart, or enrollments are refused", facts,
+                         ConfigError.exit_code)
+        return Check("database", True, f"{says} before finalizing the move", facts)
     return Check("database", True, f"{detail}, migrations applied", facts)
+
+
+def _serving(conn, model: str) -> tuple[str, dict | None]:
+    """(the model the store serves in place of the configured one, the move that made it so)."""
+    from identity.store.moves import serving
+
+    served, move = serving(conn, model)
+    return served, None if move is None else {"id": move.id, "state": move.state, "source": move.source,
+                                              "target": move.target}
 
 
 def _broker(settings: Settings) -> Check:

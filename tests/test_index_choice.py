@@ -46,7 +46,7 @@ def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
     assert status["memory_estimate_mb"] > 0 and status["memory_budget_mb"] > status["memory_estimate_mb"]
 
     bigger = build_index(_batches(1500), settings.index, 32)
-    assert bigger.spec.kind == "hnsw" and "> index_exact_max 1,000" in bigger.choice.reason
+    assert bigger.spec.kind == "hnsw-sq8" and "> index_exact_max 1,000" in bigger.choice.reason
 
 
 def test_a_compressed_index_reranked_from_a_memory_mapped_file(tmp_path):

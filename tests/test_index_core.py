@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 
+import faiss
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from benchmarks.synthetic import FaceLikeGenerator, SimilarityTarget, calibrate, measure
 from identity.config import IndexSettings, Settings
@@ -15,8 +18,15 @@ from identity.errors import ModelMismatchError
 from identity.index.face_index import FaceIndex
 from identity.index.persons import ABSENT, NO_PERSON, PersonMap
 from identity.index.snapshot import load_snapshot, snapshot_dir, write_snapshot
-from identity.index.spec import (IndexSpec, choose, choose_spec, default_ef_search, default_nlist, default_pq_m,
-                                 index_bytes)
+from identity.index.spec import (
+    IndexSpec,
+    choose,
+    choose_spec,
+    default_ef_search,
+    default_nlist,
+    default_pq_m,
+    index_bytes,
+)
 
 DIM = 32
 
@@ -67,12 +77,15 @@ ops = st.lists(
 )
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "hnsw-sq8"])
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sequence=ops, seed=st.integers(0, 2**16))
 def test_exact_results_equal_brute_force_after_any_sequence_of_changes(kind, sequence, seed):
+    """With a search breadth covering these small indexes, the graph kinds answer as a full
+    scan does; hnsw-sq8 because every candidate it returns is re-scored from its float32 row."""
     rng = np.random.default_rng(seed)
-    index = FaceIndex(IndexSpec(kind, DIM, ef_search=512))
+    index = FaceIndex(IndexSpec(kind, DIM, ef_search=512, rerank_factor=64))
+    index.train(unit(rng, 256))
     db: dict[int, tuple[int, np.ndarray]] = {}
     next_id = 1
     for op, a, b in sequence:
@@ -180,7 +193,7 @@ def faces():
     return gen, vectors, labels
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw", "hnsw-sq8"])
 def test_approximate_indexes_find_the_identity_of_a_new_face(faces, kind):
     gen, vectors, labels = faces
     spec = choose_spec(Settings(index_type=kind, index_nlist=64, index_nprobe=16).index, len(vectors), 64)
@@ -193,10 +206,12 @@ def test_approximate_indexes_find_the_identity_of_a_new_face(faces, kind):
     assert found >= 0.9
 
 
-def test_hnsw_deletes_are_tombstones_never_returned_and_compacted_past_the_limit(faces):
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw-sq8"])
+def test_hnsw_deletes_are_tombstones_never_returned_and_compacted_past_the_limit(faces, kind):
     _, vectors, labels = faces
     ids = np.arange(len(vectors)) + 1
-    index = FaceIndex(IndexSpec("hnsw", 64, hnsw_m=16, ef_search=128))
+    index = FaceIndex(IndexSpec(kind, 64, hnsw_m=16, ef_search=128))
+    index.train(vectors)
     index.add(ids, labels, vectors)
     victims = ids[: len(ids) // 20]  # 5%: under the compaction limit
     index.remove(victims)
@@ -210,9 +225,11 @@ def test_hnsw_deletes_are_tombstones_never_returned_and_compacted_past_the_limit
     assert index.tombstones == 0 and index.cpu_index.ntotal == index.count == len(ids) - len(ids) // 5
 
 
-def test_hnsw_update_with_a_new_vector_replaces_the_old_one(faces):
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw-sq8"])
+def test_hnsw_update_with_a_new_vector_replaces_the_old_one(faces, kind):
     _, vectors, labels = faces
-    index = FaceIndex(IndexSpec("hnsw", 64, hnsw_m=16))
+    index = FaceIndex(IndexSpec(kind, 64, hnsw_m=16))
+    index.train(vectors)
     index.add(np.arange(100) + 1, labels[:100], vectors[:100])
     index.upsert(np.array([5]), np.array([999]), vectors[500:501])
     (_, ids, persons), = index.search_faces(vectors[500:501], 1)
@@ -227,7 +244,8 @@ def test_hnsw_update_with_a_new_vector_replaces_the_old_one(faces):
 def test_default_index_type_follows_the_size_and_memory_rule():
     s = Settings(index_exact_max=1000)
     assert choose_spec(s.index, 1000, 128).kind == "flat"
-    assert choose(s.index, 1001, 128, gpu=False).spec.kind == "hnsw"  # recall >= 0.95 under a millisecond
+    graph = choose(s.index, 1001, 128, gpu=False)  # recall >= 0.95 under a millisecond
+    assert graph.spec.kind == "hnsw-sq8" and "8-bit codes with exact re-ranking" in graph.reason
     assert choose(s.index, 1001, 128, gpu=True).spec.kind == "ivf"  # faiss has no GPU HNSW
     assert choose(s.index, 10_000_000, 128, gpu=False).spec.kind in ("ivf", "ivfpq")  # HNSW build time
     big = choose(s.index, 1_000_000, 128, gpu=True).spec
@@ -235,6 +253,11 @@ def test_default_index_type_follows_the_size_and_memory_rule():
     assert default_nlist(100_000) == 1024 and default_pq_m(128) == 32 and default_pq_m(100) == 25
     assert choose_spec(Settings(index_type="ivf", index_nlist=10, index_nprobe=99).index, 5, 8).nprobe == 10
     assert default_ef_search(100_000) == 32 and 96 <= default_ef_search(1_000_000) <= 112
+    tuned = choose_spec(Settings(index_type="hnsw-sq8", index_ef_construction=100, index_rerank_factor=6).index, 10, 8)
+    assert (tuned.ef_construction, tuned.rerank_factor) == (100, 6)
+    index = FaceIndex(tuned)
+    built = faiss.downcast_index(index.cpu_index.index)
+    assert built.k_factor == 6 and faiss.downcast_index(built.base_index).hnsw.efConstruction == 100
 
 
 def _budget(settings: Settings, mb: int) -> IndexSettings:
@@ -253,7 +276,8 @@ def test_the_memory_budget_moves_the_choice_and_the_reason_says_why():
     assert "over the memory budget" in tight.reason and "IVF-PQ" in tight.reason
     assert 512 % tight.spec.pq_m == 0 and tight.spec.pq_m <= 128
     roomy = choose(_budget(s, 64 * 1024), 3_000_000, 128, gpu=False)
-    assert roomy.spec.kind == "hnsw" and "index_exact_max" in roomy.reason
+    assert roomy.spec.kind == "hnsw-sq8" and "index_exact_max" in roomy.reason
+    assert roomy.memory_bytes == index_bytes("hnsw", 3_000_000, 128) + 3_000_000 * 128  # + the codes
     asked = choose(_budget(Settings(index_type="hnsw"), 10), 1_000_000, 128)
     assert asked.spec.kind == "hnsw" and "asked for" in asked.reason and "over" in asked.reason
 
@@ -282,7 +306,7 @@ def _filled(kind: str, n: int = 400, seed: int = 0) -> tuple[FaceIndex, np.ndarr
     return index, unit(rng, 6)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw", "hnsw-sq8"])
 def test_a_snapshot_answers_exactly_as_the_index_it_was_taken_from(tmp_path, kind):
     index, queries = _filled(kind)
     write_snapshot(tmp_path, index, model="m", model_version="1", watermark=42)

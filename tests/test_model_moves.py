@@ -167,3 +167,23 @@ def test_running_migrate_again_after_the_switch_picks_up_faces_written_with_the_
     report = moves.migrate(store, settings, TARGET.name, reembedder=FakeReembedder())
     assert report.resumed and report.switched and report.embedded == 1 and report.source == SOURCE.name
     assert set(index_rows(store, TARGET.name)) >= set(late.face_ids)
+
+
+def test_doctor_says_which_model_the_store_serves_when_the_setting_names_another(store, store_settings):
+    from identity.doctor import diagnose
+
+    def database_check():
+        settings = store_settings.replace(model=SOURCE.name)
+        return next(c for c in diagnose(settings) if c.name == "database")
+
+    enroll(store, "a1", "alice")
+    assert database_check().ok and database_check().facts["serving_model"] == SOURCE.name
+    move, _ = store.begin_move(SOURCE.name, TARGET)
+    embed_missing(store, move)
+    store.switch_move(move)
+    switched = database_check()
+    assert switched.ok and switched.facts["serving_model"] == TARGET.name
+    assert f"IDENTITY_MODEL={TARGET.name}" in switched.detail
+    store.finalize_move(move)
+    finalized = database_check()  # the configured model's enrollments are refused now
+    assert not finalized.ok and finalized.exit_code == 3 and "refused" in finalized.detail

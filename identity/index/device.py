@@ -42,7 +42,7 @@ def place(cpu_index: faiss.Index, spec: IndexSpec, *, use_gpu: bool, gpu: int = 
     """Clone `cpu_index` to GPU `gpu` when possible; otherwise search the CPU index itself."""
     if not use_gpu or gpu_count() == 0:
         return Placement(cpu_index, "cpu")
-    if spec.kind == "hnsw":
+    if spec.graph:
         log.info("index: HNSW has no GPU implementation in faiss; searching on the CPU")
         return Placement(cpu_index, "cpu")
     global _resources

@@ -3,19 +3,30 @@
 No database here: `mirror.py` feeds it from the store. Face ids are the FAISS ids.
 
 Deletes. Flat and IVF indexes remove ids (`remove_ids`, O(N) per call, so the mirror
-batches them). HNSW cannot remove, and a GPU clone does not support it either: there a
+batches them). HNSW (either kind) cannot remove, and a GPU clone does not support it either: there a
 deleted face stays physically in the searched index as a *tombstone*. The face→person
 map is the tombstone filter — a hit whose id is no longer in the map is dropped — and
 searches over-fetch and retry with a doubled k until every query has k live hits (so
 results stay exact for the index type). When tombstones exceed `TOMBSTONE_REBUILD`
-of the index, `compact()` rebuilds it from its own stored vectors (HNSW keeps them
-in full) or re-clones the GPU copy from the CPU one.
+of the index, `compact()` rebuilds it from its own stored vectors (both HNSW kinds keep
+them in full) or re-clones the GPU copy from the CPU one.
 
 Person restriction. On the CPU, an `IDSelectorBatch` over the persons' face ids is
 passed to FAISS, which then never scores other faces: exact for flat, and it cannot
 starve (post-filtering would need k / (fraction of faces allowed) hits, i.e. the
 whole index, when a watch-list of a few persons is searched in a million faces).
 GPU indexes take no selectors, so there we post-filter with the same doubling loop.
+
+A mapped snapshot as a shared base. A snapshot mapped from its file (snapshot.py,
+`mmap`) is shared, page by page, by every process that maps it; FAISS aborts on a write
+into it. So such an index is a frozen *base* plus a small owned *tail* (tail.py): a face
+added, or whose vector changed, goes into the tail; a deleted base face is a tombstone
+(the person map drops it, as for HNSW); a changed base face is a tombstone that is still
+live, its new vector in the tail (`_shadowed`: the base hit of that id is dropped, the
+tail's kept); a moved face only changes the person map. A search asks both and merges by
+similarity. The mirror writes a new snapshot when the tail grows past `needs_snapshot`,
+and every process maps it and keeps only the changes above its watermark (mirror.py).
+Indexes that are not mapped (IVF, `mmap_snapshot` off, a GPU clone) change in place.
 
 Exact search on the CPU. A flat index keeps its float32 rows in FAISS (IndexFlatIP, the
 authoritative copy that snapshots store) and, beside them, int8 codes of the same rows in
@@ -34,6 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -43,12 +55,28 @@ from identity.index.device import Placement, place
 from identity.index.exact import ExactScan
 from identity.index.persons import ABSENT, PersonMap
 from identity.index.results import live_top_k
-from identity.index.spec import Choice, IndexSpec, create_index, search_params, train
+from identity.index.rerank import RerankedIndex
+from identity.index.spec import (
+    Choice,
+    IndexSpec,
+    create_index,
+    graph_params,
+    sample_rows,
+    search_params,
+    train,
+    training_sample_size,
+)
+from identity.index.tail import Tail, merge_rows
 from identity.search_results import QueryResult, aggregate
 
 log = logging.getLogger(__name__)
 
 TOMBSTONE_REBUILD = 0.10
+# A tail beside a mapped base asks for a new snapshot past this share of the base's rows
+# (tail rows + base tombstones), and never below TAIL_MIN rows: the tail is scanned in
+# full by every query (5,000 rows of 128-d: 0.35-0.7 ms, tail.py).
+TAIL_SHARE = 0.05
+TAIL_MIN = 5_000
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # face ids, person ids (-1 none), vectors
 
 
@@ -65,11 +93,13 @@ class FaceIndex:
     (the same answer; two stages only pay off on large stores)."""
 
     def __init__(self, spec: IndexSpec, *, use_gpu: bool = False, cpu_index: faiss.Index | None = None,
-                 persons: PersonMap | None = None, exact_scan_above: int = 8192, mapped: bool = False) -> None:
+                 persons: PersonMap | None = None, exact_scan_above: int = 8192, mapped: bool = False,
+                 source: Path | None = None) -> None:
         self.spec = spec
-        # `cpu_index` is mapped read-only from a snapshot file (snapshot.load_snapshot):
-        # searched in place, copied into this process before the first physical change.
+        # `cpu_index` is mapped read-only from the snapshot file `source`
+        # (snapshot.load_snapshot): the frozen base beside a tail (see the module's doc).
         self.mapped = mapped
+        self.source = source
         self.use_gpu = use_gpu
         self.cpu_index = cpu_index if cpu_index is not None else create_index(spec)
         self.persons = persons if persons is not None else PersonMap()
@@ -82,6 +112,11 @@ class FaceIndex:
         self._fast: tuple = ()
         self.choice: Choice | None = None  # why this index was built so (spec.choose), when known
         self._apply_physical_state()
+        # A GPU clone is the process's own copy anyway: there the base is copied (`_own`).
+        self._tail: Tail | None = None
+        if mapped and self._placement is not None and not self._placement.on_gpu:
+            self._tail = Tail(self.dim, exact=self._exact is not None)
+        self._shadowed: set[int] = set()  # live base faces whose current vector is in the tail
 
     def _apply_physical_state(self) -> None:
         # Ids physically present in the searched index but absent from the person map
@@ -114,19 +149,54 @@ class FaceIndex:
         return faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
 
     def _own(self) -> None:
-        """Make a mapped index this process's own before FAISS writes into it (writing into a
-        mapped index aborts the process). Costs one copy of the index, once; the mapped
-        pages then leave this process."""
+        """Make a mapped index this process's own: one private index holding the base
+        with the tail folded in (writing into a mapped index aborts the process). Costs a
+        copy of the index; the mapped pages then leave this process. Only a GPU clone's
+        CPU copy, and `compact()`, need it: otherwise changes go to the tail."""
         if not self.mapped:
             return
-        log.info("index: copying the mapped snapshot into this process before its first change")
-        self.cpu_index = faiss.deserialize_index(faiss.serialize_index(self.cpu_index))
-        self.mapped = False
+        log.info("index: copying the mapped snapshot into this process")
+        folding = self._tail is not None
+        self.cpu_index = self.folded() if folding else self._private_copy()
+        self.mapped, self._tail, self.source = False, None, None
+        self._shadowed.clear()
         self._fast_key = None
-        if self._placement is not None and not self._placement.on_gpu:  # a GPU clone is its own copy
+        if folding:  # new rows: tombstones, placement and exact-scan codes from scratch
+            self._apply_physical_state()
+        elif self._placement is not None and not self._placement.on_gpu:  # a GPU clone is its own copy
             self._placement = place(self.cpu_index, self.spec, use_gpu=False)
 
+    def _private_copy(self) -> faiss.Index:
+        """A copy of the mapped base that this process owns. Read from its file when it
+        is still there (snapshot files are never rewritten, only replaced and unlinked):
+        `faiss.clone_index` keeps the mapped views, and serialising holds two copies."""
+        if self.source is not None and self.source.exists():
+            return faiss.read_index(str(self.source))
+        return faiss.deserialize_index(faiss.serialize_index(self.cpu_index))
+
+    def folded(self) -> faiss.Index:
+        """One CPU index holding every live face, e.g. to write a snapshot: the index
+        itself, or beside a tail a private copy of the base with the tail folded in.
+        An HNSW graph cannot drop a row, and one id cannot be live in two rows, so a graph
+        with changed base faces (or tombstones due for compaction) is rebuilt instead."""
+        with self._lock:
+            if self._tail is None:
+                return self.cpu_index
+            base_rows = self.cpu_index.ntotal
+            if not self.spec.removable and (self._shadowed or len(self._tombstones) > TOMBSTONE_REBUILD * base_rows):
+                return self._filled(*self.live_vectors())
+            index = self._private_copy()
+            if self.spec.removable and self._tombstones:
+                index.remove_ids(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64, len(self._tombstones))))
+            ids, vectors = self._tail.rows()
+            if len(ids):
+                index.add_with_ids(vectors, ids)
+            return index
+
     def _physical_add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        if self._tail is not None:
+            self._tail.put(ids, vectors)
+            return
         self._own()
         self.cpu_index.add_with_ids(vectors, ids)
         if self._exact is not None:
@@ -162,9 +232,29 @@ class FaceIndex:
         return len(self._tombstones)
 
     @property
+    def shared(self) -> bool:
+        """Serving a mapped snapshot (shared with other processes) plus an owned tail."""
+        return self._tail is not None
+
+    @property
+    def tail_rows(self) -> int:
+        return len(self._tail) if self._tail is not None else 0
+
+    @property
     def needs_compaction(self) -> bool:
+        if self._tail is not None:  # a mapped base is never rewritten: see needs_snapshot
+            return False
         searched = self._searched().ntotal if self._placement else 0
         return searched > 0 and len(self._tombstones) > TOMBSTONE_REBUILD * searched
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """The tail (rows, and base rows it made dead) has outgrown its bound beside the
+        mapped base: time for a new snapshot, which every process then maps (mirror.py)."""
+        if self._tail is None:
+            return False
+        grown = len(self._tail) + len(self._tombstones)
+        return grown > max(TAIL_MIN, TAIL_SHARE * self.cpu_index.ntotal)
 
     def _searched(self) -> faiss.Index:
         if self._placement is None:
@@ -216,6 +306,13 @@ class FaceIndex:
                 return 0
             for face_id in present.tolist():
                 self.persons.remove(face_id)
+            if self._tail is not None:
+                # A tail row goes; a base row stays in the file, dead (a tombstone).
+                in_tail = self._tail.contains(present)
+                self._tail.drop(present[in_tail])
+                self._tombstones.update(present[~in_tail].tolist())
+                self._shadowed.difference_update(present.tolist())
+                return len(present)
             if self.spec.removable:
                 self._physical_remove(present)
             if self._placement is not None and (self._placement.on_gpu or not self.spec.removable):
@@ -251,12 +348,28 @@ class FaceIndex:
     def _same_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         # Only IndexIDMap2 can look a vector up by id (IVF-PQ keeps codes, not vectors):
         # elsewhere every update is treated as a changed vector, which is merely slower.
-        if not isinstance(self.cpu_index, faiss.IndexIDMap2) or self.spec.kind not in ("flat", "hnsw"):
+        if not isinstance(self.cpu_index, faiss.IndexIDMap2) or self.spec.kind not in ("flat", "hnsw", "hnsw-sq8"):
             return np.zeros(len(ids), bool)
-        stored = np.stack([self.cpu_index.reconstruct(int(i)) for i in ids])
+        if self._tail is not None and len(self._tail):
+            in_tail = self._tail.contains(ids)
+            stored = np.empty((len(ids), self.dim), np.float32)
+            stored[in_tail] = self._tail.vectors(ids[in_tail])
+            if (~in_tail).any():
+                stored[~in_tail] = np.stack([self.cpu_index.reconstruct(int(i)) for i in ids[~in_tail]])
+        else:
+            stored = np.stack([self.cpu_index.reconstruct(int(i)) for i in ids])
         return np.all(np.abs(stored - vectors) <= 1e-6, axis=1)
 
     def _replace(self, ids: np.ndarray, persons: np.ndarray, vectors: np.ndarray) -> None:
+        if self._tail is not None:
+            # The new vector goes to the tail; a base row becomes a live tombstone.
+            from_base = ids[~self._tail.contains(ids)].tolist()
+            self._tail.put(ids, vectors)
+            self._tombstones.update(from_base)
+            self._shadowed.update(from_base)
+            for face_id, person in zip(ids.tolist(), persons.tolist()):
+                self.persons.set(face_id, person)
+            return
         if self.spec.removable:
             self._physical_remove(ids)
             self._physical_add(vectors, ids)
@@ -268,9 +381,7 @@ class FaceIndex:
             live_ids, live_vectors = live_ids[order], live_vectors[order]
             pos = np.searchsorted(live_ids, ids)
             live_vectors[pos] = vectors
-            fresh = create_index(self.spec)
-            fresh.add_with_ids(live_vectors, live_ids)
-            self.cpu_index = fresh
+            self.cpu_index = self._filled(live_ids, live_vectors)
             self._tombstones.clear()
         for face_id, person in zip(ids.tolist(), persons.tolist()):
             self.persons.set(face_id, person)
@@ -284,8 +395,6 @@ class FaceIndex:
         """A new index of another type holding this one's live faces (trained on a random
         sample of them). Used to stage a streamed build in a flat index, whose size is
         only known at the end, before choosing the final type."""
-        from identity.index.spec import sample_rows, training_sample_size
-
         ids, vectors = self.live_vectors()
         target = FaceIndex(spec, use_gpu=use_gpu)
         if spec.trained:
@@ -299,23 +408,34 @@ class FaceIndex:
 
     def compact(self) -> None:
         """Drop tombstones: rebuild the HNSW graph from its stored vectors, or re-clone
-        the GPU copy from the CPU index."""
+        the GPU copy from the CPU index. A mapped base is copied into the process first
+        (the mirror writes a new snapshot instead, which every process can map)."""
         with self._lock:
             if not self._tombstones:
                 return
+            if self._tail is not None:
+                self._own()
             if not self.spec.removable:
-                ids, vectors = self.live_vectors()
-                fresh = create_index(self.spec)
-                fresh.add_with_ids(vectors, ids)
-                self.cpu_index = fresh
+                self.cpu_index = self._filled(*self.live_vectors())
             log.info("index: compacted %d tombstones (%s)", len(self._tombstones), self.spec.describe())
             self._tombstones.clear()
             self._placement = place(self.cpu_index, self.spec, use_gpu=self.use_gpu)
 
+    def _filled(self, ids: np.ndarray, vectors: np.ndarray, *, seed: int = 0) -> faiss.Index:
+        """A new CPU index of this spec holding exactly these rows (trained on a sample of
+        them when the kind needs training)."""
+        fresh = create_index(self.spec)
+        if self.spec.trained and len(ids):
+            train(fresh, vectors[sample_rows(np.random.default_rng(seed), len(ids),
+                                             training_sample_size(self.spec, len(ids)))])
+        if len(ids):
+            fresh.add_with_ids(vectors, ids)
+        return fresh
+
     # --- reading --------------------------------------------------------------------
 
     def physical_ids(self) -> np.ndarray:
-        """Every id stored in the CPU index, live or tombstoned."""
+        """Every id stored in the CPU index (the base, beside a tail), live or tombstoned."""
         index = self.cpu_index
         if isinstance(index, faiss.IndexIDMap):
             return faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -333,11 +453,21 @@ class FaceIndex:
         if not isinstance(self.cpu_index, faiss.IndexIDMap):
             raise NotImplementedError("only flat and HNSW indexes store full vectors")
         ids = self.physical_ids()
-        rows = np.flatnonzero(self.persons.lookup(ids) != ABSENT)
-        inner = faiss.downcast_index(self.cpu_index.index)
-        storage = faiss.downcast_index(inner.storage) if hasattr(inner, "storage") else inner
+        rows = np.flatnonzero(self._hide_shadowed(ids, self.persons.lookup(ids)) != ABSENT)
+        storage = _float_rows(faiss.downcast_index(self.cpu_index.index))
         vectors = storage.reconstruct_batch(rows.astype(np.int64)) if len(rows) else np.zeros((0, self.dim), np.float32)
+        if self._tail is not None and len(self._tail):
+            tail_ids, tail_vectors = self._tail.rows()
+            return np.concatenate([ids[rows], tail_ids]), np.concatenate([vectors, tail_vectors])
         return ids[rows], vectors
+
+    def _hide_shadowed(self, ids: np.ndarray, persons: np.ndarray) -> np.ndarray:
+        """`persons` (looked up for base hits `ids`) with ABSENT where the hit is a base
+        row whose face now lives in the tail with another vector."""
+        if self._shadowed:
+            persons = persons.copy()
+            persons[np.isin(ids, np.fromiter(self._shadowed, np.int64, len(self._shadowed)))] = ABSENT
+        return persons
 
     # --- search -----------------------------------------------------------------------
 
@@ -347,17 +477,25 @@ class FaceIndex:
         """Per query, its top-k live faces: (similarities, face ids, person ids), best first.
         One FAISS call for the whole batch (plus a retry for rows short of k live hits)."""
         q = _as_queries(queries, self.dim)
+        empty = (np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
         with self._lock:
-            if self._placement is None or self._searched().ntotal == 0 or len(q) == 0:
-                empty = (np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+            if self._placement is None or self._searched().ntotal + self.tail_rows == 0 or len(q) == 0:
                 return [empty for _ in range(len(q))]
-            if persons is None and len(q) == 1 and not self._tombstones and self._exact is None:
-                return [self._search_one(q, k)]
             allowed = None if persons is None else np.unique(np.fromiter(persons, np.int64))
-            selector = None
+            selector = None  # over face ids
             if allowed is not None and not self._placement.on_gpu:
                 selector = faiss.IDSelectorBatch(self.persons.faces_of(allowed))
-            return self._search_rows(q, k, allowed if selector is None else None, selector)
+            if self._searched().ntotal == 0:
+                rows = [empty for _ in range(len(q))]
+            elif persons is None and len(q) == 1 and not self._tombstones and self._exact is None:
+                rows = [self._search_one(q, k)]
+            else:
+                rows = self._search_rows(q, k, allowed if selector is None else None, selector)
+            if self.tail_rows:
+                # Tail rows are all live (a deleted tail face is removed), so k of them suffice.
+                sims, ids = self._tail.search(q, k, selector)
+                rows = merge_rows(rows, live_top_k(sims, ids, self.persons.lookup(ids), k), k)
+            return rows
 
     def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One query, no restriction, no tombstones: the approximate indexes' hot path.
@@ -373,9 +511,12 @@ class FaceIndex:
             self._fast_key, self._fast = key, (index, inner, params)
         index, inner, params = self._fast
         fetch = min(index.ntotal, k)
-        sims = np.empty((1, fetch), np.float32)
-        pos = np.empty((1, fetch), np.int64)
-        inner.search_c(1, faiss.swig_ptr(q), fetch, faiss.swig_ptr(sims), faiss.swig_ptr(pos), params)
+        if isinstance(inner, faiss.IndexRefine):
+            sims, pos = _refined(inner, self.spec, q, fetch, None)
+        else:
+            sims = np.empty((1, fetch), np.float32)
+            pos = np.empty((1, fetch), np.int64)
+            inner.search_c(1, faiss.swig_ptr(q), fetch, faiss.swig_ptr(sims), faiss.swig_ptr(pos), params)
         if inner is not index:
             id_map = _id_map_view(index)
             ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)[0]
@@ -392,12 +533,13 @@ class FaceIndex:
         out: list = [None] * len(q)
         pending = np.arange(len(q))
         while len(pending):
-            params = None if self._placement.on_gpu else search_params(self.spec, fetch, selector)
             if self._exact is not None and not self._placement.on_gpu:
-                sims, ids = self._search_exact(q[pending], fetch, params)
+                sims, ids = self._search_exact(q[pending], fetch, selector)
+            elif self._placement.on_gpu:
+                sims, ids = index.search(q[pending], fetch)
             else:
-                sims, ids = _search(index, q[pending], fetch, params)
-            person_ids = self.persons.lookup(ids)
+                sims, ids = _search(index, self.spec, q[pending], fetch, selector)
+            person_ids = self._hide_shadowed(ids, self.persons.lookup(ids))
             keep = None if post_filter is None else np.isin(person_ids, post_filter)
             rows = live_top_k(sims, ids, person_ids, k, keep)
             short = []
@@ -412,11 +554,10 @@ class FaceIndex:
             fetch = min(ntotal, fetch * 2)
         return out
 
-    def _search_exact(self, q: np.ndarray, k: int, params: faiss.SearchParameters | None):
+    def _search_exact(self, q: np.ndarray, k: int, selector: faiss.IDSelector | None):
         id_map = _id_map_view(self.cpu_index)
-        selector = None
-        if params is not None and params.sel is not None:
-            selector = faiss.IDSelectorTranslated(self.cpu_index.id_map, params.sel)
+        if selector is not None:
+            selector = faiss.IDSelectorTranslated(self.cpu_index.id_map, selector)
         sims, pos = self._exact.search(self._flat_storage(), q, k, labels=id_map, selector=selector)
         return sims, np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
 
@@ -434,20 +575,23 @@ class FaceIndex:
         return [aggregate(s, i, p, threshold, include_unassigned=include_unassigned) for s, i, p in rows]
 
 
-def _search(index: faiss.Index, q: np.ndarray, k: int, params: faiss.SearchParameters | None):
-    """`index.search`, except that an IndexIDMap's inner index is searched directly and
-    positions are translated to ids here. IndexIDMap translates with an unconditional
+def _search(index: faiss.Index, spec: IndexSpec, q: np.ndarray, k: int, selector: faiss.IDSelector | None):
+    """`index.search` with the spec's parameters and an optional selector over face ids,
+    except that an IndexIDMap's inner index is searched directly and positions are
+    translated to ids here. IndexIDMap translates with an unconditional
     OpenMP loop, and on a busy CPU waking the second thread for a single query costs a
     scheduler time slice: measured 16-22 ms against a 0.04 ms search on the shared
     2-core benchmark machine (benchmarks/bench_search.py)."""
     if not isinstance(index, faiss.IndexIDMap):
-        return index.search(q, k, params=params)
-    if params is not None and params.sel is not None:
+        return index.search(q, k, params=search_params(spec, k, selector))
+    if selector is not None:
         # The selector speaks face ids; the inner index sees positions.
-        translated = faiss.IDSelectorTranslated(index.id_map, params.sel)
-        params.sel = translated
+        selector = faiss.IDSelectorTranslated(index.id_map, selector)
     inner = faiss.downcast_index(index.index)
-    sims, pos = inner.search(q, k, params=params)
+    if isinstance(inner, faiss.IndexRefine):
+        sims, pos = _refined(inner, spec, q, k, selector)
+    else:
+        sims, pos = inner.search(q, k, params=search_params(spec, k, selector))
     id_map = _id_map_view(index)
     ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
     return sims, ids
@@ -458,3 +602,26 @@ def _id_map_view(index: faiss.IndexIDMap) -> np.ndarray:
     if index.id_map.size() == 0:
         return np.zeros(0, np.int64)
     return faiss.rev_swig_ptr(index.id_map.data(), index.id_map.size())
+
+
+def _float_rows(inner: faiss.Index) -> faiss.Index:
+    """The part of an IndexIDMap's inner index that holds the float32 rows: HNSW's
+    storage, the refine wrapper's exact copy, or the flat index itself."""
+    if isinstance(inner, faiss.IndexRefine):
+        return faiss.downcast_index(inner.refine_index)
+    if hasattr(inner, "storage"):
+        return faiss.downcast_index(inner.storage)
+    return inner
+
+
+def _refined(inner: faiss.IndexRefine, spec: IndexSpec, q: np.ndarray, k: int, selector: faiss.IDSelector | None):
+    """hnsw-sq8's search, (scores, positions): the graph over 8-bit codes proposes
+    rerank_factor·k candidates and `RerankedIndex` re-scores them exactly from the float32
+    rows the refine wrapper keeps. Not `IndexRefine.search`: it opens an OpenMP region
+    even for one query, and a single query then waits for the second thread whenever the
+    other core is busy (p90 8.5 ms against 0.3 ms measured on the shared 2-core machine)."""
+    graph = faiss.downcast_index(inner.base_index)
+    rows = faiss.downcast_index(inner.refine_index)
+    view = faiss.rev_swig_ptr(rows.get_xb(), rows.ntotal * rows.d).reshape(rows.ntotal, rows.d)
+    fetch = spec.rerank_factor * k
+    return RerankedIndex(graph, view, rerank=fetch, params=graph_params(spec, k, selector)).search(q, k)

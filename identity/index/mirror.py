@@ -19,6 +19,12 @@ PostgreSQL is the source of truth; this index follows it:
 * **Snapshot**: on stop and every `index_snapshot_changes` applied changes; a restart
   loads it and replays only the tail. A crash between a commit and the index update
   loses nothing: the change stays in the log above the snapshot's watermark.
+* **Several processes, one snapshot** (`index_mmap_snapshot`): each API worker maps the
+  snapshot file and keeps its own changes in a small tail (face_index.py). When a
+  snapshot is due (the change count above, or the tail past `FaceIndex.needs_snapshot`)
+  the process holding `snapshot.writer_lock` writes it and maps it; the others, seeing
+  `CURRENT.json` change at their next sync, map the new file and replay the change log
+  from its watermark: their tail then holds only the changes above it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ import numpy as np
 from identity.config import IndexSettings, Settings
 from identity.errors import IndexUnavailableError, ModelMismatchError
 from identity.index.face_index import FaceIndex
-from identity.index.snapshot import load_snapshot, read_meta, snapshot_dir, write_snapshot
+from identity.index.snapshot import (
+    MAPPABLE,
+    SnapshotMeta,
+    current_key,
+    load_snapshot,
+    read_meta,
+    snapshot_dir,
+    write_snapshot,
+    writer_lock,
+)
 from identity.index.spec import IndexSpec, choose
 from identity.search_results import QueryResult
 from identity.store.types import Change, ModelInfo
@@ -119,6 +134,11 @@ class IndexMirror:
         self._thread: threading.Thread | None = None
         self._since_snapshot = 0
         self._last_sync_at: float | None = None
+        # The snapshot the index was loaded from or last written (file, watermark), and
+        # CURRENT.json's stat key when it was read: another process's new snapshot shows
+        # as a new key.
+        self._snapshot: tuple[str, int] | None = None
+        self._current_key: tuple[int, int] | None = None
 
     @classmethod
     def from_settings(cls, store: ChangeSource, settings: Settings, model: ModelInfo) -> IndexMirror:
@@ -143,15 +163,7 @@ class IndexMirror:
     def open(self) -> None:
         """Load the snapshot (or build from the database), then replay the change-log tail."""
         with self._apply_lock:
-            loaded = load_snapshot(
-                self.directory,
-                model=self.model.name,
-                model_version=self.model.version,
-                dim=self.model.dim,
-                db_watermark=self.store.watermark(self.model.name),
-                use_gpu=self.settings.use_gpu,
-                mmap=self.settings.mmap_snapshot,
-            )
+            loaded = self._load_snapshot()
             if loaded is not None:
                 index, meta = loaded
                 watermark = meta.watermark
@@ -160,7 +172,22 @@ class IndexMirror:
             watermark = self._catch_up(index, watermark)
             self._publish(index, watermark)
             if loaded is None:
-                self._snapshot_locked()
+                self._snapshot_locked(force=True)
+
+    def _load_snapshot(self) -> tuple[FaceIndex, SnapshotMeta] | None:
+        key = current_key(self.directory)  # before reading: a later change is seen next time
+        loaded = load_snapshot(
+            self.directory,
+            model=self.model.name,
+            model_version=self.model.version,
+            dim=self.model.dim,
+            db_watermark=self.store.watermark(self.model.name),
+            use_gpu=self.settings.use_gpu,
+            mmap=self.settings.mmap_snapshot,
+        )
+        if loaded is not None:
+            self._snapshot, self._current_key = (loaded[1].faiss_file, loaded[1].watermark), key
+        return loaded
 
     def start(self) -> None:
         """`open()` if needed, then follow the change log in a background thread."""
@@ -177,7 +204,7 @@ class IndexMirror:
             self._thread.join(timeout=10)
             self._thread = None
         if snapshot and self._index is not None and self._since_snapshot:
-            self.snapshot()
+            self.snapshot(remap=False)
 
     def __enter__(self) -> "IndexMirror":
         self.start()
@@ -231,14 +258,15 @@ class IndexMirror:
     def sync(self) -> int:
         """Apply the committed changes not yet in the index; returns the new watermark."""
         with self._apply_lock:
+            self._follow_snapshot_locked()
             index = self.index
             watermark = self._catch_up(index, self._watermark)
             if index.needs_compaction:
                 index.compact()
             self._publish(index, watermark)
-        if self._since_snapshot >= self.settings.snapshot_changes:
+        if self._since_snapshot >= self.settings.snapshot_changes or index.needs_snapshot:
             self.snapshot()
-        return watermark
+        return self._watermark
 
     def rebuild(self) -> IndexStatus:
         """Build a fresh index from the database while the current one keeps serving,
@@ -247,7 +275,7 @@ class IndexMirror:
         with self._apply_lock:
             watermark = self._catch_up(index, watermark)
             self._publish(index, watermark)
-            self._snapshot_locked()
+            self._snapshot_locked(force=True)
         return self.status()
 
     def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
@@ -300,18 +328,63 @@ class IndexMirror:
 
     # --- snapshots ------------------------------------------------------------------
 
-    def snapshot(self) -> None:
+    def snapshot(self, *, remap: bool = True) -> None:
+        """Write a snapshot of the index at its watermark, unless another process is
+        writing one or already wrote one as recent (this process then maps that one at
+        its next sync). `remap`: then serve from the written file, mapped (index.mmap_snapshot)."""
         with self._apply_lock:
-            self._snapshot_locked()
+            self._snapshot_locked(remap=remap)
 
-    def _snapshot_locked(self) -> None:
+    def _snapshot_locked(self, *, force: bool = False, remap: bool = True) -> None:
+        """`force` (a fresh build): wait for the lock and write whatever is there."""
         index = self.index
-        with index._lock:  # no search-side mutation either while FAISS writes the file
-            write_snapshot(
-                self.directory, index, model=self.model.name, model_version=self.model.version,
-                watermark=self._watermark,
-            )
+        with writer_lock(self.directory, wait=force) as held:
+            if not held:
+                return
+            meta = read_meta(self.directory)
+            if not force and meta is not None and meta.watermark >= self._watermark and (
+                    self._snapshot is None or meta.faiss_file != self._snapshot[0]):
+                self._since_snapshot = 0  # another process's snapshot holds all we have
+                return
+            with index._lock:  # no search-side mutation either while FAISS writes the file
+                meta = write_snapshot(
+                    self.directory, index, model=self.model.name, model_version=self.model.version,
+                    watermark=self._watermark,
+                )
+            self._since_snapshot = 0
+            self._snapshot, self._current_key = (meta.faiss_file, meta.watermark), current_key(self.directory)
+            if remap and self.settings.mmap_snapshot and meta.index_spec.kind in MAPPABLE and index.device == "cpu":
+                # Serve from the file just written, as the other processes will: its pages
+                # are shared, and the private copy the write folded the tail into is freed.
+                self._switch_locked("wrote")
+
+    def _follow_snapshot_locked(self) -> None:
+        """Another process wrote a newer snapshot: map it and replay the change log from
+        its watermark, so that this process's tail holds only the changes above it.
+        Only a process serving from a mapped snapshot follows (the others gain nothing)."""
+        key = current_key(self.directory)
+        if key == self._current_key:
+            return
+        meta = read_meta(self.directory)
+        if meta is None or (self._snapshot is not None and meta.watermark <= self._snapshot[1]):
+            self._current_key = key  # ours, or older than ours
+            return
+        if not self.index.mapped:
+            self._current_key, self._since_snapshot = key, 0
+            return
+        self._switch_locked("follows")
+
+    def _switch_locked(self, why: str) -> None:
+        loaded = self._load_snapshot()
+        if loaded is None:  # e.g. replaced again and unlinked meanwhile: keep serving, retry next sync
+            return
+        index, meta = loaded
+        tail_before = self.index.tail_rows
         self._since_snapshot = 0
+        watermark = self._catch_up(index, meta.watermark)
+        self._publish(index, watermark)
+        log.info("index: %s snapshot %s at watermark %d; tail %d -> %d faces", why, meta.faiss_file, meta.watermark,
+                 tail_before, index.tail_rows)
 
     # --- search and status ---------------------------------------------------------
 

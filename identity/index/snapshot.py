@@ -13,6 +13,11 @@ or the new one, never a mix; unreferenced files are removed afterwards. Writing
 straight to files (rather than serialising to one in-memory blob) avoids a second
 copy of a multi-GB index in RAM.
 
+Several processes (the API's workers) share the directory: one writes at a time, the
+holder of an advisory lock on `snapshot.lock` (`writer_lock`), and the others see
+`CURRENT.json` change (`current_key`) and map the new file (mirror.py). A process that
+still maps a replaced file keeps reading it: an unlinked file lives while it is mapped.
+
 A snapshot is refused — and the caller rebuilds, logging why — when its model, model
 version or dimension differs from the live model's, when its watermark is ahead of
 the database's (the database was reset or restored from an older backup, so the
@@ -21,12 +26,15 @@ snapshot describes rows that may not exist), or when its files are missing/corru
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,9 +49,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 CURRENT = "CURRENT.json"
-# Index kinds whose storage FAISS can map from the file (IndexFlatCodes, HNSW); IVF lists
-# are always read into memory.
-MAPPABLE = ("flat", "hnsw")
+LOCK = "snapshot.lock"
+# Index kinds whose storage FAISS can map from the file (IndexFlatCodes, HNSW, and the
+# refine wrapper's rows and codes); IVF lists are always read into memory.
+MAPPABLE = ("flat", "hnsw", "hnsw-sq8")
 
 
 @dataclass(frozen=True)
@@ -90,11 +99,14 @@ def write_snapshot(
     directory: Path, index: FaceIndex, *, model: str, model_version: str, watermark: int
 ) -> SnapshotMeta:
     """Write `index` (at `watermark`) as the current snapshot; returns its metadata.
-    The caller holds the index still (no updates) while this runs."""
+    The caller holds the index still (no updates) while this runs, and, where several
+    processes share `directory`, holds `writer_lock`. A mapped base with a tail is
+    written as one index (`FaceIndex.folded`: a transient private copy in this process)."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"faces-{watermark}-{secrets.token_hex(4)}"
     faiss_path, map_path = directory / f"{stem}.faiss", directory / f"{stem}.npz"
-    faiss.write_index(index.cpu_index, str(faiss_path))
+    written = index.folded()
+    faiss.write_index(written, str(faiss_path))
     ids, persons = index.persons.arrays()
     with open(map_path, "wb") as fh:
         np.savez(fh, ids=ids, persons=persons)
@@ -108,7 +120,7 @@ def write_snapshot(
         watermark=watermark,
         spec=asdict(index.spec),
         count=index.count,
-        tombstones=index.tombstones,
+        tombstones=max(0, written.ntotal - index.count),
         faiss_file=faiss_path.name,
         map_file=map_path.name,
         created_at=time.time(),
@@ -125,6 +137,35 @@ def write_snapshot(
     _fsync_dir(directory)
     _remove_unreferenced(directory, keep={meta.faiss_file, meta.map_file, CURRENT})
     return meta
+
+
+@contextmanager
+def writer_lock(directory: Path, *, wait: bool = False) -> Iterator[bool]:
+    """Yields whether this process holds the right to write the next snapshot: an
+    advisory lock (flock) on `snapshot.lock`, released on exit or when the process dies.
+    Without `wait`, a lock held elsewhere yields False at once: that process is writing
+    a snapshot, and this one will map it instead of writing its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def current_key(directory: Path) -> tuple[int, int] | None:
+    """Changes whenever CURRENT.json is replaced (a new inode each time): a stat, cheap
+    enough for every sync, before reading the file."""
+    try:
+        st = os.stat(directory / CURRENT)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
@@ -179,8 +220,8 @@ def load_snapshot(
     IO_FLAG_MMAP_IFC) instead of copied into this process: its pages live in the page
     cache, shared by every process that maps the same snapshot (the API's worker
     processes), and loading takes a fraction of a second. FAISS must never write into a
-    mapped index (it aborts the process), so `FaceIndex` takes a private copy before its
-    first physical change (face_index.py, `mapped`)."""
+    mapped index (it aborts the process), so `FaceIndex` keeps it as a frozen base and
+    puts this process's changes in a tail beside it (face_index.py, tail.py)."""
     meta = read_meta(directory)
     if meta is None:
         log.info("index snapshot: none under %s; building from the database", directory)
@@ -200,7 +241,8 @@ def load_snapshot(
     if why is not None:
         log.warning("index snapshot %s discarded: %s; rebuilding from the database", directory, why)
         return None
-    index = FaceIndex(meta.index_spec, use_gpu=use_gpu, cpu_index=cpu_index, persons=persons, mapped=mapped)
+    index = FaceIndex(meta.index_spec, use_gpu=use_gpu, cpu_index=cpu_index, persons=persons, mapped=mapped,
+                      source=directory / meta.faiss_file if mapped else None)
     if meta.choice:
         index.choice = Choice(meta.index_spec, meta.choice["reason"],
                               int(meta.choice["memory_bytes"]), int(meta.choice["budget_bytes"]))

@@ -10,14 +10,20 @@ spec together with the reason, which `identity index status` shows.
 * "flat" (exact) while N <= index_exact_max and its memory fits B: float32 rows + int8
   codes, 5·d bytes a face (exact.py: an int8 scan re-ranked exactly). On a CPU an exact
   query reads d bytes a face, so its latency grows with N·d; index_exact_max caps it.
-* "hnsw" while N <= HNSW_MAX and float32 rows + graph (4·d + 8·M bytes a face) fit B:
-  the only index type measured at recall@10 >= 0.95 under a millisecond on face-like
-  data (IVF-Flat needs a quarter of its lists for that). Not on a GPU (faiss has no GPU
-  HNSW): with a usable GPU, IVF-Flat (GPU-friendly) takes its place. Above HNSW_MAX the
-  graph's build time on a CPU (single-digit hours at 10M on two cores) rules it out.
+* "hnsw-sq8" while N <= HNSW_MAX and float32 rows + 8-bit codes + graph (5·d + 8·M bytes
+  a face) fit B: the graph is walked over 8-bit codes (a quarter of the bytes a distance
+  reads) and the best k·rerank_factor candidates are re-scored exactly from the float32
+  rows (FAISS's IndexRefineFlat), so returned scores are exact. HNSW is the only index
+  type measured at recall@10 >= 0.95 under a millisecond on face-like data (IVF-Flat needs
+  a quarter of its lists for that), and over codes it costs about 0.7x the float32
+  graph's time at equal recall (BENCHMARKS.md, "Approximate search"). Not on a GPU
+  (faiss has no GPU HNSW): with a usable GPU, IVF-Flat (GPU-friendly) takes its place.
+  Above HNSW_MAX the graph's build time on a CPU (single-digit hours at 10M on two
+  cores) rules it out. "hnsw" (the graph over float32 rows, no re-ranking) only when
+  asked for: the same memory less d bytes a face, a faster build, slower searches.
 * "ivf" when it fits B and HNSW does not apply; else "ivfpq" with the largest number of
   8-bit sub-quantizers (a divisor of d, at most d/4) whose codes fit B.
-* "hnsw" only when asked for below index_exact_max.
+* "hnsw" / "hnsw-sq8" only when asked for below index_exact_max.
 
 Parameter defaults derived from N (each overridable in the index settings, `settings.index`):
 
@@ -28,6 +34,8 @@ Parameter defaults derived from N (each overridable in the index settings, `sett
   of *face ids* is only 0.67 (0.80 at 64); recall@10 >= 0.95 needs nprobe ≈ nlist/4.
   The tail of a face's top-10 is near-equidistant strangers, which IVF finds poorly.
 * pq_m   = d/4 sub-quantizers of 8 bits (d/4 bytes per vector, 16x smaller than float32).
+* rerank_factor = index_rerank_factor (4): hnsw-sq8 re-scores 4·k candidates (40 for a
+  top-10), which recovers the order the 8-bit codes blur; recall then depends on efSearch.
 * hnsw M = index_hnsw_m (32); efConstruction 64; efSearch grows with sqrt(N)
   (`default_ef_search`): the steps a greedy graph search needs to reach the same recall
   grow with the graph, and on face-like data recall@10 >= 0.95 took efSearch 32 at 100k
@@ -49,7 +57,8 @@ import numpy as np
 from identity.config import IndexSettings
 from identity.errors import ConfigError
 
-IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
+IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw", "hnsw-sq8"]
+GRAPH_KINDS = ("hnsw", "hnsw-sq8")
 
 PQ_ABOVE_BYTES = 4 * 1024**3  # kept for callers; the budget rule below replaces it
 HNSW_EF_CONSTRUCTION = 64
@@ -68,16 +77,28 @@ class IndexSpec:
     pq_m: int = 0
     hnsw_m: int = 32
     ef_search: int = 64
+    ef_construction: int = HNSW_EF_CONSTRUCTION
+    rerank_factor: int = 4  # hnsw-sq8: candidates re-scored exactly per query = rerank_factor·k
 
     @property
     def trained(self) -> bool:
-        """True when the index needs a training sample before vectors can be added."""
-        return self.kind in ("ivf", "ivfpq")
+        """True when the index needs a training sample before vectors can be added
+        (IVF's coarse centroids; the 8-bit quantizer's per-dimension ranges)."""
+        return self.kind in ("ivf", "ivfpq", "hnsw-sq8")
+
+    @property
+    def graph(self) -> bool:
+        """An HNSW graph: FAISS cannot remove from it, nor search it on a GPU."""
+        return self.kind in GRAPH_KINDS
 
     @property
     def removable(self) -> bool:
         """Whether FAISS can remove ids from this index type (HNSW cannot)."""
-        return self.kind != "hnsw"
+        return not self.graph
+
+    @property
+    def approximate(self) -> bool:
+        return self.kind != "flat"
 
     def describe(self) -> str:
         if self.kind == "flat":
@@ -86,6 +107,9 @@ class IndexSpec:
             return f"ivf(d={self.dim}, nlist={self.nlist}, nprobe={self.nprobe})"
         if self.kind == "ivfpq":
             return f"ivfpq(d={self.dim}, nlist={self.nlist}, nprobe={self.nprobe}, m={self.pq_m})"
+        if self.kind == "hnsw-sq8":
+            return (f"hnsw-sq8(d={self.dim}, M={self.hnsw_m}, efSearch={self.ef_search}, "
+                    f"exact re-rank of {self.rerank_factor}·k)")
         return f"hnsw(d={self.dim}, M={self.hnsw_m}, efSearch={self.ef_search})"
 
 
@@ -127,8 +151,9 @@ def index_bytes(kind: str, n: int, dim: int, *, hnsw_m: int = 32, pq_m: int = 0,
     FAISS's allocations plus our arrays; vectors dominate)."""
     if kind == "flat":
         per = 4 * dim + dim  # float32 rows + int8 codes of the exact scan
-    elif kind == "hnsw":
+    elif kind in GRAPH_KINDS:
         per = 4 * dim + 2 * hnsw_m * 4 + hnsw_m * 4 // 2 + 16  # rows, level-0 links, upper levels, offsets
+        per += dim if kind == "hnsw-sq8" else 0  # the 8-bit codes the graph walk reads
     elif kind == "ivf":
         per = 4 * dim + 8
     else:
@@ -179,10 +204,11 @@ def choose(index: IndexSettings, n: int, dim: int, *, kind: IndexKind | None = N
                             f"{_gib(flat)} fits {fits}", flat, budget)
     why = (f"{size} > index_exact_max {index.exact_max:,}" if n > index.exact_max
            else f"exact search needs {_gib(flat)}, over {fits}")
-    hnsw = index_bytes("hnsw", n, dim, hnsw_m=m)
+    hnsw = index_bytes("hnsw-sq8", n, dim, hnsw_m=m)
     if not gpu and n <= HNSW_MAX and hnsw <= budget:
-        spec = _spec(index, n, dim, "hnsw")
-        return Choice(spec, f"{why}; HNSW (float32 rows + graph, {_gib(hnsw)}) fits {fits} and "
+        spec = _spec(index, n, dim, "hnsw-sq8")
+        return Choice(spec, f"{why}; HNSW over 8-bit codes with exact re-ranking (float32 rows + "
+                            f"codes + graph, {_gib(hnsw)}) fits {fits} and "
                             f"{n:,} <= {HNSW_MAX:,} faces (graph build time)", hnsw, budget)
     not_hnsw = ("a GPU will search it (faiss has no GPU HNSW)" if gpu
                 else f"{n:,} > {HNSW_MAX:,} faces (HNSW build time)" if n > HNSW_MAX
@@ -219,6 +245,8 @@ def _spec(index: IndexSettings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
         dim=dim,
         hnsw_m=index.hnsw_m,
         ef_search=index.ef_search or default_ef_search(n),
+        ef_construction=index.ef_construction,
+        rerank_factor=index.rerank_factor,
     )
     if kind in ("ivf", "ivfpq"):
         spec = replace(spec, nlist=nlist, nprobe=min(nlist, index.nprobe or default_nprobe(nlist)))
@@ -238,9 +266,18 @@ def create_index(spec: IndexSpec) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(spec.dim))
     if spec.kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(spec.dim, spec.hnsw_m, ip)
-        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efConstruction = spec.ef_construction
         hnsw.hnsw.efSearch = spec.ef_search
         return faiss.IndexIDMap2(hnsw)
+    if spec.kind == "hnsw-sq8":
+        codes = faiss.IndexHNSWSQ(spec.dim, faiss.ScalarQuantizer.QT_8bit, spec.hnsw_m, ip)
+        codes.hnsw.efConstruction = spec.ef_construction
+        codes.hnsw.efSearch = spec.ef_search
+        refined = faiss.IndexRefineFlat(codes)  # keeps the float32 rows for the re-rank
+        refined.k_factor = float(spec.rerank_factor)
+        refined.own_fields = True
+        codes.this.disown()  # the refine index now owns (and frees) the graph
+        return faiss.IndexIDMap2(refined)
     quantizer = faiss.IndexFlatIP(spec.dim)
     if spec.kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, spec.dim, spec.nlist, ip)
@@ -271,7 +308,16 @@ def search_params(spec: IndexSpec, k: int, selector: faiss.IDSelector | None = N
         return faiss.SearchParametersIVF(nprobe=spec.nprobe, sel=selector)
     if spec.kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, 2 * k), sel=selector)
+    if spec.kind == "hnsw-sq8":
+        return faiss.IndexRefineSearchParameters(k_factor=float(spec.rerank_factor),
+                                                 base_index_params=graph_params(spec, k, selector))
     return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def graph_params(spec: IndexSpec, k: int, selector: faiss.IDSelector | None = None) -> faiss.SearchParametersHNSW:
+    """hnsw-sq8's graph walk for a top-k: it must hand over rerank_factor·k candidates, and
+    HNSW returns at most efSearch hits; the selector filters inside the walk."""
+    return faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, spec.rerank_factor * k), sel=selector)
 
 
 def sample_rows(rng: np.random.Generator, n: int, size: int) -> np.ndarray:

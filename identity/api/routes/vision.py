@@ -62,7 +62,7 @@ def _answers_quickly(service) -> bool:
     if not service.opened()["index"]:
         return False
     mirror = service.index
-    return mirror.ready and mirror.index.spec.kind in ("hnsw", "ivf", "ivfpq")
+    return mirror.ready and mirror.index.spec.approximate
 
 
 @router.post("/verify", response_model=VerifyOut)
