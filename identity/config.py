@@ -145,11 +145,11 @@ class IndexSettings(_Group):
         "(32 at 100k faces, about 100 at 1M)."
     )
     ef_construction: int = Field(
-        64, alias="index_ef_construction", ge=8, le=1024, description="HNSW build breadth: a larger one "
+        160, alias="index_ef_construction", ge=8, le=1024, description="HNSW build breadth: a larger one "
         "builds a better graph (the same recall at a smaller efSearch), more slowly."
     )
     rerank_factor: int = Field(
-        4, alias="index_rerank_factor", ge=1, le=64, description="hnsw-sq8: candidates re-scored exactly "
+        2, alias="index_rerank_factor", ge=1, le=64, description="hnsw-sq8: candidates re-scored exactly "
         "from the float32 rows per query, as a multiple of k."
     )
     use_gpu: bool = Field(True, alias="index_use_gpu")

@@ -82,29 +82,35 @@ def _device(settings: Settings) -> Check:
 
 
 def _weights(settings: Settings) -> Check:
-    """Every model whose weights are on disk is re-hashed in full (the registry's fast path
-    trusts a recorded size/mtime); only the configured model's absence is a problem."""
+    """Every model's and fetched detector's weights on disk are re-hashed in full (the
+    registry's fast path trusts a recorded size/mtime); only the absence of the configured
+    model's or detector's is a problem. Each entry names its licence."""
     try:
         from identity.faces import models
 
         facts = {}
         problem = None
-        for spec in models.list_models():
+        configured = {settings.pipeline.model: "model", f"detector {settings.pipeline.detector}": "detector"}
+        specs = [(spec.name, spec) for spec in models.list_models()]
+        specs += [(f"detector {spec.name}", spec) for spec in models.list_detectors()]
+        for name, spec in specs:
             path = models.weight_path(spec, settings)
+            licence = {"license": spec.license.summary, "commercial_use": spec.license.commercial_use}
             if not path.is_file():
-                facts[spec.name] = {"status": "missing", "path": str(path)}
-                if spec.name == settings.pipeline.model:
-                    problem = f"{spec.name} (the configured model) is missing: run `{models.fetch_command(spec)}`"
+                facts[name] = {"status": "missing", "path": str(path), **licence}
+                if name in configured:
+                    problem = problem or f"{name} (the configured {configured[name]}) is missing: run `{models.fetch_command(spec)}`"
                 continue
             digest = models.sha256_file(path)
             expected = spec.weight_file.sha256
             status = "unpinned" if not expected else ("verified" if digest == expected else "corrupt")
-            facts[spec.name] = {"status": status, "path": str(path), "sha256": digest}
+            facts[name] = {"status": status, "path": str(path), "sha256": digest, **licence}
             if status == "corrupt":
-                problem = problem or f"{spec.name}: sha256 {digest[:12]}… is not the pinned {expected[:12]}…"
+                problem = problem or f"{name}: sha256 {digest[:12]}… is not the pinned {expected[:12]}…"
         if problem:
             return Check("weights", False, problem, facts, ConfigError.exit_code)
-        summary = ", ".join(f"{name} {f['status']}" for name, f in facts.items())
+        summary = ", ".join(f"{name} {f['status']}" + ("" if f["commercial_use"] else " (non-commercial)")
+                            for name, f in facts.items())
         return Check("weights", True, summary, facts)
     except Exception as exc:
         return Check("weights", False, f"cannot read the model manifest: {exc}", {}, ConfigError.exit_code)

@@ -253,6 +253,8 @@ def test_default_index_type_follows_the_size_and_memory_rule():
     assert default_nlist(100_000) == 1024 and default_pq_m(128) == 32 and default_pq_m(100) == 25
     assert choose_spec(Settings(index_type="ivf", index_nlist=10, index_nprobe=99).index, 5, 8).nprobe == 10
     assert default_ef_search(100_000) == 32 and 96 <= default_ef_search(1_000_000) <= 112
+    assert default_ef_search(100_000, "hnsw-sq8") == 16 and default_ef_search(1_000_000, "hnsw-sq8") == 32
+    assert choose_spec(s.index, 1_000_000, 128).ef_search == 32  # what the auto choice (hnsw-sq8) searches with
     tuned = choose_spec(Settings(index_type="hnsw-sq8", index_ef_construction=100, index_rerank_factor=6).index, 10, 8)
     assert (tuned.ef_construction, tuned.rerank_factor) == (100, 6)
     index = FaceIndex(tuned)

@@ -8,13 +8,16 @@ import typer
 from rich.table import Table
 
 from identity.cli._common import JsonOption, dump, err, out, progress, service, settings
+from identity.vocabulary import FaceDetector
 
-app = typer.Typer(help="List and fetch embedding models; move the store to another one.")
+app = typer.Typer(help="List and fetch embedding models (and detector weights); move the store to another one.")
 
 
 @app.command("list")
 def models_list(as_json: JsonOption = False) -> None:
-    """Known models, their dimension, whether the weights are present, and thresholds."""
+    """Known models, their dimension, whether the weights are present, and thresholds; then
+    the detectors whose weights are fetched (SCRFD), with their weights and licence. In
+    --json, each row's `kind` is "model" or "detector"."""
     from identity.faces import models
 
     cfg = settings()
@@ -22,15 +25,25 @@ def models_list(as_json: JsonOption = False) -> None:
     for spec in models.list_models():
         status = models.verify(spec, cfg)
         rows.append({
-            "name": spec.name, "version": spec.version, "dim": spec.dim,
+            "kind": "model", "name": spec.name, "version": spec.version, "dim": spec.dim,
             "normalization": spec.normalization, "default": spec.name == cfg.pipeline.model,
             "status": status.status, "detail": status.detail, "weights": str(status.path),
             "thresholds": models.load_thresholds(spec, cfg),
             "license": {"summary": spec.license.summary, "commercial_use": spec.license.commercial_use,
                         "url": spec.license.url},
         })
+    detectors = []
+    for spec in models.list_detectors():
+        row = models.describe_detector(spec, cfg)
+        detectors.append({
+            "kind": "detector", "name": spec.name, "version": spec.version, "dim": None,
+            "normalization": None, "default": False, "in_use": row["in_use"],
+            "status": row["status"], "detail": row["detail"], "weights": row["weights"], "thresholds": {},
+            "license": {"summary": row["license"], "commercial_use": row["commercial_use"],
+                        "url": row["license_url"]},
+        })
     if as_json:
-        dump(rows)
+        dump(rows + detectors)
         return
     table = Table("model", "dim", "version", "licence", "weights", "thresholds (cosine)")
     # The name is what a user types next: never truncated or wrapped.
@@ -42,11 +55,24 @@ def models_list(as_json: JsonOption = False) -> None:
         licence = row["license"]["summary"] + ("" if row["license"]["commercial_use"] else " (non-commercial)")
         table.add_row(name, str(row["dim"]), row["version"], licence, f"{row['status']}: {row['weights']}", levels)
     out.print(table)
+    if detectors:
+        table = Table("detector", "version", "licence", "weights", "fetch")
+        table.columns[0].no_wrap = True
+        table.columns[0].min_width = max(len(r["name"]) + len(" (in use)") * r["in_use"] for r in detectors)
+        for row in detectors:
+            name = f"{row['name']} (in use)" if row["in_use"] else row["name"]
+            licence = row["license"]["summary"] + ("" if row["license"]["commercial_use"] else " (non-commercial)")
+            table.add_row(name, row["version"], licence, f"{row['status']}: {row['weights']}",
+                          models.fetch_command(models.get_detector(row["name"])))
+        out.print(table)
 
 
 @app.command("fetch")
 def models_fetch(
-    name: Annotated[str, typer.Argument(help="Model name (see `identity models list`).")],
+    name: Annotated[str | None, typer.Argument(help="Model name (see `identity models list`).")] = None,
+    detector: Annotated[FaceDetector | None, typer.Option(
+        "--detector", help="Fetch this face detector's weights instead of a model's (the value "
+        "of IDENTITY_DETECTOR; scrfd's are InsightFace's, so they need --accept-license).")] = None,
     allow_unpinned: Annotated[
         bool, typer.Option(help="Accept a download whose sha256 the manifest does not pin.")
     ] = False,
@@ -54,11 +80,18 @@ def models_fetch(
         "--accept-license", help="Accept the terms of a model whose licence restricts its use "
         "(shown by `identity models list`); such a model is not fetched without it.")] = False,
 ) -> None:
-    """Download a model's weights into IDENTITY_MODELS_DIR and verify their sha256."""
+    """Download a model's weights (or, with --detector, a detector's) into IDENTITY_MODELS_DIR
+    and verify their sha256."""
     from identity.faces import models
 
-    path = models.fetch(name, settings(), allow_unpinned=allow_unpinned, accept_license=accept_license)
-    out.print(f"{name}: {path}", highlight=False)
+    if (name is None) == (detector is None):
+        raise typer.BadParameter("give a model NAME or --detector NAME, one of the two")
+    spec = name if detector is None else models.get_detector(detector)
+    if spec is None:
+        out.print(f"{detector}: its weights ship with facenet-pytorch; nothing to fetch", highlight=False)
+        return
+    path = models.fetch(spec, settings(), allow_unpinned=allow_unpinned, accept_license=accept_license)
+    out.print(f"{name or detector}: {path}", highlight=False)
 
 
 @app.command("migrate")

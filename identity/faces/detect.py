@@ -135,11 +135,13 @@ class ScrfdDetector:
 
     @classmethod
     def from_settings(cls, pipeline: PipelineSettings, device: torch.device | str = "cpu") -> ScrfdDetector:
-        """The weights found in `models_dir` (or `cache_dir`), verified."""
+        """The weights found in `models_dir` (or `cache_dir`), verified by the model registry;
+        a ModelNotFoundError naming `identity models fetch --detector scrfd --accept-license`
+        when they are in neither."""
         from identity.faces import scrfd
 
         return cls(
-            scrfd.find_weights(pipeline.models_dir, pipeline.cache_dir),
+            scrfd.find_weights(pipeline),
             max_side=pipeline.scrfd_max_side,
             min_probability=pipeline.scrfd_min_probability,
             device=device,

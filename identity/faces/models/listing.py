@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from identity.config import Settings
 from identity.faces.models.calibration import load_clustering, load_thresholds
-from identity.faces.models.manifest import ModelSpec
+from identity.faces.models.manifest import DetectorSpec, ModelSpec
 from identity.faces.models.verify import verify
 
 
@@ -33,4 +33,20 @@ def describe(spec: ModelSpec, settings: Settings) -> dict:
             "merge_similarity": clustering.merge_similarity,
             "calibrated": clustering.calibrated,
         },
+    }
+
+
+def describe_detector(spec: DetectorSpec, settings: Settings) -> dict:
+    """A detector's weights and their licence, and whether the settings use it."""
+    status = verify(spec, settings)
+    return {
+        "name": spec.name,
+        "version": spec.version,
+        "in_use": spec.name == settings.pipeline.detector,
+        "status": status.status.value,
+        "detail": status.detail,
+        "weights": str(status.path),
+        "license": spec.license.summary,
+        "commercial_use": spec.license.commercial_use,
+        "license_url": spec.license.url,
     }

