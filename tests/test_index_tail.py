@@ -273,6 +273,8 @@ def check_two_mirrors(database_url: str, data_dir: str) -> None:
         reader.sync()  # maps the new file, replays the log from its watermark
         assert _maps(reader) == _maps(writer) and not Path(first).exists()
         assert reader.index.tail_rows == 1 and reader.index.tombstones == 0
+        status = reader.status()  # what `identity index status` shows
+        assert status.shared_snapshot and status.tail_faces == 1 and status.snapshot_watermark == writer.watermark < status.watermark
         maps = Path("/proc/self/maps").read_text()
         assert _maps(reader) in maps
         writer.sync()  # p30 passes the writer's bound (one change) again: another snapshot

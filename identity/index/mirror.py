@@ -84,6 +84,10 @@ class IndexStatus:
     index_type: str
     device: str
     tombstones: int
+    # Serving a snapshot mapped from its file (shared with the other processes that map
+    # it) plus this process's own tail of faces changed since: how many faces the tail holds.
+    shared_snapshot: bool
+    tail_faces: int
     snapshot_watermark: int | None
     snapshot_age_s: float | None
     last_sync_at: float | None  # time.time() of the last successful sync
@@ -418,6 +422,8 @@ class IndexMirror:
             index_type=index.spec.describe() if index else "none",
             device=index.device if index else "none",
             tombstones=index.tombstones if index else 0,
+            shared_snapshot=bool(index and index.shared),
+            tail_faces=index.tail_rows if index else 0,
             snapshot_watermark=meta.watermark if meta else None,
             snapshot_age_s=(time.time() - meta.created_at) if meta else None,
             last_sync_at=self._last_sync_at,
