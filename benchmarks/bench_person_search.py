@@ -72,8 +72,8 @@ def main() -> None:
     first, last = vocabulary(150, 2, rng), vocabulary(600, 3, rng)
     queries = {
         "external id fragment (10 hits)": "emp-04217",
-        "last name (~170 hits)": last[17].lower(),
-        "first name (~670 hits)": first[3].upper(),
+        "last name": last[17].lower(),
+        "common first name": first[3].upper(),
         "no match": "zzqx",
         "two letters (no trigram)": "xq",
     }

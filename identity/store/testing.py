@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from identity.store.embedded import ensure_database, start_server, stop_server
 from identity.store.migrate import upgrade_url
@@ -72,7 +73,8 @@ class PgTestServer:
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1].split("?", 1)[0]
+        # Not the URL's last path segment: pgserver's URLs end in `?host=/…/pgdata`.
+        name = conninfo_to_dict(url)["dbname"]
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
