@@ -503,16 +503,21 @@ class FaceIndex:
         parameters are cached, because at a fraction of a millisecond per HNSW query
         the Python around the FAISS call (parameter objects, SWIG downcasts, per-row
         loops) was a fifth of the time."""
-        key = (self._placement, self.spec, k)
+        index = self._searched()
+        # The row count is part of the key: an add may move hnsw-sq8's float32 rows, which
+        # the cached re-ranker views.
+        key = (self._placement, self.spec, k, index.ntotal)
         if self._fast_key != key:
-            index = self._searched()
             inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-            params = None if self._placement.on_gpu else search_params(self.spec, k)
+            if isinstance(inner, faiss.IndexRefine):
+                params = _reranker(inner, self.spec, min(index.ntotal, k), None)
+            else:
+                params = None if self._placement.on_gpu else search_params(self.spec, k)
             self._fast_key, self._fast = key, (index, inner, params)
         index, inner, params = self._fast
         fetch = min(index.ntotal, k)
         if isinstance(inner, faiss.IndexRefine):
-            sims, pos = _refined(inner, self.spec, q, fetch, None)
+            sims, pos = params.search_one(q, fetch)
         else:
             sims = np.empty((1, fetch), np.float32)
             pos = np.empty((1, fetch), np.int64)
@@ -620,8 +625,13 @@ def _refined(inner: faiss.IndexRefine, spec: IndexSpec, q: np.ndarray, k: int, s
     rows the refine wrapper keeps. Not `IndexRefine.search`: it opens an OpenMP region
     even for one query, and a single query then waits for the second thread whenever the
     other core is busy (p90 8.5 ms against 0.3 ms measured on the shared 2-core machine)."""
+    return _reranker(inner, spec, k, selector).search(q, k)
+
+
+def _reranker(inner: faiss.IndexRefine, spec: IndexSpec, k: int, selector: faiss.IDSelector | None) -> RerankedIndex:
+    """hnsw-sq8's graph and float32 rows (a view: valid until the index changes) as a
+    `RerankedIndex` for a top-k."""
     graph = faiss.downcast_index(inner.base_index)
     rows = faiss.downcast_index(inner.refine_index)
     view = faiss.rev_swig_ptr(rows.get_xb(), rows.ntotal * rows.d).reshape(rows.ntotal, rows.d)
-    fetch = spec.rerank_factor * k
-    return RerankedIndex(graph, view, rerank=fetch, params=graph_params(spec, k, selector)).search(q, k)
+    return RerankedIndex(graph, view, rerank=spec.rerank_factor * k, params=graph_params(spec, k, selector))

@@ -53,6 +53,23 @@ class RerankedIndex:
     def dim(self) -> int:
         return self.rows.shape[1]
 
+    def search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for one contiguous float32 (1×d) query, without the per-call wrappers
+        (SWIG's argument checks, a loop over one row): the serving hot path."""
+        fetch = max(self.rerank, k)
+        found = np.empty((1, fetch), np.int64)
+        self.approx.search_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(np.empty((1, fetch), np.float32)),
+                             faiss.swig_ptr(found), self.params)
+        cand = np.sort(found[0][found[0] >= 0])
+        scores = np.full((1, k), -np.inf, np.float32)
+        positions = np.full((1, k), -1, np.int64)
+        if len(cand):
+            exact = exact_scores(query, self.rows[cand])[0]
+            best = top_k_order(exact, cand, k)
+            scores[0, :len(best)] = exact[best]
+            positions[0, :len(best)] = cand[best]
+        return scores, positions
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 nq×k, positions int64 nq×k) by exact score of the candidates,
         ties by position; -1 / -inf where fewer than k candidates were found."""
