@@ -58,8 +58,9 @@ class RerankedIndex:
         (SWIG's argument checks, a loop over one row): the serving hot path."""
         fetch = max(self.rerank, k)
         found = np.empty((1, fetch), np.int64)
-        self.approx.search_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(np.empty((1, fetch), np.float32)),
-                             faiss.swig_ptr(found), self.params)
+        approximate = np.empty((1, fetch), np.float32)  # held here: swig_ptr keeps no reference
+        self.approx.search_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(approximate), faiss.swig_ptr(found),
+                             self.params)
         cand = np.sort(found[0][found[0] >= 0])
         scores = np.full((1, k), -np.inf, np.float32)
         positions = np.full((1, k), -1, np.int64)
