@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import pytest
 
 from benchmarks.synthetic import FaceLikeGenerator
 from identity.config import Settings
@@ -47,6 +48,25 @@ def test_the_chosen_index_says_why_through_build_snapshot_and_status(tmp_path):
 
     bigger = build_index(_batches(1500), settings.index, 32)
     assert bigger.spec.kind == "hnsw-sq8" and "> index_exact_max 1,000" in bigger.choice.reason
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw-sq8"])
+def test_given_the_expected_count_a_build_streams_straight_into_the_chosen_index(kind):
+    """No flat staging copy (which at 10M × 512-d would be 20 GB of float32 rows): the kind
+    is chosen for the expected count, trained on the first rows, then filled."""
+    settings = Settings(index_type=kind, index_nlist=16, index_use_gpu=False)
+    gen = FaceLikeGenerator.calibrated(32, seed=4)
+    vectors, labels = gen.faces(300, (2, 6))
+    ids = np.arange(len(vectors), dtype=np.int64) + 1
+    batches = ((ids[i:i + 100], labels[i:i + 100], vectors[i:i + 100]) for i in range(0, len(ids), 100))
+
+    index = build_index(batches, settings.index, 32, expected=len(ids))
+    assert index.spec.kind == kind and f"at {len(ids):,} faces" in index.choice.reason
+    assert index.count == len(ids) and sorted(index.physical_ids().tolist()) == ids.tolist()
+    probes = np.arange(0, labels.max(), 5)
+    found = [r.known and r.best.person_id == p for r, p in
+             zip(index.search(gen.new_faces(probes), k=10, threshold=0.4), probes)]
+    assert np.mean(found) >= 0.9
 
 
 def test_a_compressed_index_reranked_from_a_memory_mapped_file(tmp_path):

@@ -2,10 +2,9 @@
 
 PostgreSQL is the source of truth; this index follows it:
 
-* **Build**: `store.snapshot_embeddings(model)` gives a watermark and a streaming
-  iterator from one consistent snapshot; batches go straight into a flat index (the
-  final size is only known at the end), which is converted to IVF/HNSW afterwards
-  when the size (or the settings) call for it.
+* **Build**: `store.embedding_count(model)` chooses the index; `store.snapshot_embeddings
+  (model)` gives a watermark and a streaming iterator from one consistent snapshot, and
+  the batches go straight into the chosen index (`build_index`).
 * **Sync**: `store.changes_since(watermark)` in seq order. The change log's seq is
   allocated in commit order (see ARCHITECTURE.md), so "applied everything up to seq"
   is a sound watermark. For each batch of changes we re-read the *current* rows of
@@ -29,6 +28,7 @@ PostgreSQL is the source of truth; this index follows it:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -52,7 +52,7 @@ from identity.index.snapshot import (
     write_snapshot,
     writer_lock,
 )
-from identity.index.spec import IndexSpec, choose
+from identity.index.spec import Choice, IndexSpec, choose, training_sample_size
 from identity.search_results import QueryResult
 from identity.store.types import Change, ModelInfo
 
@@ -66,6 +66,7 @@ class ChangeSource(Protocol):
     """The store functions the mirror uses (docs/ARCHITECTURE.md, "Store functions the index uses")."""
 
     def snapshot_embeddings(self, model: str) -> tuple[int, Iterator[EmbeddingBatch]]: ...
+    def embedding_count(self, model: str) -> int: ...
     def changes_since(self, seq: int, model: str, limit: int = ...) -> list[Change]: ...
     def fetch_embeddings(self, face_ids: Iterable[int], model: str) -> EmbeddingBatch: ...
     def watermark(self, model: str | None = None) -> int: ...
@@ -102,10 +103,21 @@ class IndexStatus:
 
 
 def build_index(
-    batches: Iterable[EmbeddingBatch], index_settings: IndexSettings, dim: int, *, kind: str | None = None
+    batches: Iterable[EmbeddingBatch], index_settings: IndexSettings, dim: int, *, kind: str | None = None,
+    expected: int | None = None,
 ) -> FaceIndex:
-    """Stream batches into a flat index, then convert it if the final size (or the
-    index settings) call for another type."""
+    """Stream batches into the index their number calls for.
+
+    With `expected` (the store's count when the build starts) the index is chosen up front
+    and the batches go straight into it: a compressed index for 10M × 512-d faces never
+    holds their 20 GB of float32 rows. A kind that needs training trains on the first
+    rows (in face-id order, so the oldest faces; FAISS only needs them to span the space)
+    and then receives them. An exact index, or no `expected`, is staged in a flat index
+    and converted once the final size is known (size-dependent parameters then fit)."""
+    if expected is not None:
+        choice = choose(index_settings, expected, dim, kind=kind)  # type: ignore[arg-type]
+        if choice.spec.kind != "flat":
+            return _stream_into(choice, batches, expected, use_gpu=index_settings.use_gpu)
     staging = FaceIndex(IndexSpec("flat", dim), use_gpu=False)
     for ids, persons, vectors in batches:
         if len(ids):
@@ -118,6 +130,30 @@ def build_index(
     else:
         log.info("index: converting %d staged faces to %s", staging.count, spec.describe())
         index = staging.rebuilt_as(spec, use_gpu=index_settings.use_gpu)
+    index.choice = choice
+    return index
+
+
+def _stream_into(choice: Choice, batches: Iterable[EmbeddingBatch], expected: int, *, use_gpu: bool) -> FaceIndex:
+    spec = choice.spec
+    log.info("index: %s; streaming into %s", choice.reason, spec.describe())
+    index = FaceIndex(spec, use_gpu=use_gpu)
+    batches = iter(batches)
+    if spec.trained:
+        wanted = training_sample_size(spec, max(expected, 1))
+        held: list[EmbeddingBatch] = []
+        rows = 0
+        for batch in batches:
+            held.append(batch)
+            rows += len(batch[0])
+            if rows >= wanted:
+                break
+        if rows:
+            index.train(np.concatenate([b[2] for b in held])[:wanted])
+        batches = itertools.chain(held, batches)
+    for ids, persons, vectors in batches:
+        if len(ids):
+            index.add(ids, persons, vectors)
     index.choice = choice
     return index
 
@@ -221,8 +257,9 @@ class IndexMirror:
 
     def _build(self) -> tuple[FaceIndex, int]:
         started = time.perf_counter()
+        expected = self.store.embedding_count(self.model.name)  # chooses the index before the rows arrive
         watermark, batches = self.store.snapshot_embeddings(self.model.name)
-        index = build_index(batches, self.settings, self.model.dim)
+        index = build_index(batches, self.settings, self.model.dim, expected=expected)
         log.info(
             "index: built %s with %d faces of %s at watermark %d in %.1fs",
             index.spec.describe(), index.count, self.model.name, watermark, time.perf_counter() - started,

@@ -166,6 +166,11 @@ class FacesMixin(StoreCore):
         with self.connection() as conn:
             yield from copy_embeddings(conn, model, dim, batch_rows=batch_rows)
 
+    def embedding_count(self, model: str) -> int:
+        """How many faces have a vector of `model` (its own, or a move's target vector)."""
+        with self.connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM face_vectors WHERE model = %s", (model,)).fetchone()[0])
+
     def snapshot_embeddings(
         self, model: str, *, batch_rows: int = 65536
     ) -> tuple[int, Iterator[EmbeddingArrays]]:
