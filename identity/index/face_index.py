@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 TOMBSTONE_REBUILD = 0.10
 # A tail beside a mapped base asks for a new snapshot past this share of the base's rows
 # (tail rows + base tombstones), and never below TAIL_MIN rows: the tail is scanned in
-# full by every query (5,000 rows of 128-d: 0.35-0.7 ms, tail.py).
+# full by every query (tail.py), so its size bounds what it adds to every search.
 TAIL_SHARE = 0.05
 TAIL_MIN = 5_000
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # face ids, person ids (-1 none), vectors
@@ -624,7 +624,8 @@ def _refined(inner: faiss.IndexRefine, spec: IndexSpec, q: np.ndarray, k: int, s
     rerank_factor·k candidates and `RerankedIndex` re-scores them exactly from the float32
     rows the refine wrapper keeps. Not `IndexRefine.search`: it opens an OpenMP region
     even for one query, and a single query then waits for the second thread whenever the
-    other core is busy (p90 8.5 ms against 0.3 ms measured on the shared 2-core machine)."""
+    other core is busy (BENCHMARKS.md, "Approximate search": milliseconds instead of a
+    fraction of one)."""
     return _reranker(inner, spec, k, selector).search(q, k)
 
 

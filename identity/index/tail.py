@@ -25,8 +25,8 @@ import numpy as np
 from identity.index.exact import ExactScan
 
 # Beside a flat base, the tail keeps int8 codes (ExactScan) from this many rows: scoring
-# every row in float64 costs 17 ms a query at 5,000 rows of 128-d, codes plus exact
-# re-ranking 0.7 ms (the float32 scan of a graph's tail: 0.35 ms).
+# every row of a few thousand in float64 costs a query tens of times what the codes plus
+# the exact re-ranking of a few rows cost.
 EXACT_QUANTISE_ABOVE = 512
 
 
