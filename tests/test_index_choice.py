@@ -69,6 +69,14 @@ def test_given_the_expected_count_a_build_streams_straight_into_the_chosen_index
     assert np.mean(found) >= 0.9
 
 
+def test_a_build_whose_counted_faces_are_gone_is_an_empty_exact_index_that_takes_later_faces():
+    settings = Settings(index_type="ivfpq", index_nlist=16, index_use_gpu=False)
+    index = build_index(iter(()), settings.index, 32, expected=5000)
+    assert index.spec.kind == "flat" and index.count == 0
+    vectors, labels = FaceLikeGenerator.calibrated(32, seed=5).faces(10, (2, 3))
+    assert index.add(np.arange(len(vectors)) + 1, labels, vectors) == len(vectors)
+
+
 def test_a_compressed_index_reranked_from_a_memory_mapped_file(tmp_path):
     gen = FaceLikeGenerator.calibrated(64, seed=2)
     vectors, labels = gen.faces(2000, (2, 6))

@@ -148,8 +148,9 @@ def _stream_into(choice: Choice, batches: Iterable[EmbeddingBatch], expected: in
             rows += len(batch[0])
             if rows >= wanted:
                 break
-        if rows:
-            index.train(np.concatenate([b[2] for b in held])[:wanted])
+        if not rows:  # the faces counted were deleted meanwhile: nothing to train on, so
+            return FaceIndex(IndexSpec("flat", spec.dim), use_gpu=use_gpu)  # exact until a rebuild
+        index.train(np.concatenate([b[2] for b in held])[:wanted])
         batches = itertools.chain(held, batches)
     for ids, persons, vectors in batches:
         if len(ids):
