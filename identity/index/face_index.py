@@ -60,7 +60,6 @@ from identity.index.spec import (
     Choice,
     IndexSpec,
     create_index,
-    graph_params,
     sample_rows,
     search_params,
     train,
@@ -510,18 +509,19 @@ class FaceIndex:
         if self._fast_key != key:
             inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
             if isinstance(inner, faiss.IndexRefine):
-                params = _reranker(inner, self.spec, min(index.ntotal, k), None)
+                prepared: RerankedIndex | faiss.SearchParameters | None = _reranker(
+                    inner, self.spec, min(index.ntotal, k), None)
             else:
-                params = None if self._placement.on_gpu else search_params(self.spec, k)
-            self._fast_key, self._fast = key, (index, inner, params)
-        index, inner, params = self._fast
+                prepared = None if self._placement.on_gpu else search_params(self.spec, k)
+            self._fast_key, self._fast = key, (index, inner, prepared)
+        index, inner, prepared = self._fast
         fetch = min(index.ntotal, k)
-        if isinstance(inner, faiss.IndexRefine):
-            sims, pos = params.search_one(q, fetch)
+        if isinstance(prepared, RerankedIndex):
+            sims, pos = prepared.search_one(q, fetch)
         else:
             sims = np.empty((1, fetch), np.float32)
             pos = np.empty((1, fetch), np.int64)
-            inner.search_c(1, faiss.swig_ptr(q), fetch, faiss.swig_ptr(sims), faiss.swig_ptr(pos), params)
+            inner.search_c(1, faiss.swig_ptr(q), fetch, faiss.swig_ptr(sims), faiss.swig_ptr(pos), prepared)
         if inner is not index:
             id_map = _id_map_view(index)
             ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)[0]
@@ -635,4 +635,4 @@ def _reranker(inner: faiss.IndexRefine, spec: IndexSpec, k: int, selector: faiss
     graph = faiss.downcast_index(inner.base_index)
     rows = faiss.downcast_index(inner.refine_index)
     view = faiss.rev_swig_ptr(rows.get_xb(), rows.ntotal * rows.d).reshape(rows.ntotal, rows.d)
-    return RerankedIndex(graph, view, rerank=spec.rerank_factor * k, params=graph_params(spec, k, selector))
+    return RerankedIndex(graph, view, rerank=spec.rerank_factor * k, params=search_params(spec, k, selector))

@@ -61,22 +61,17 @@ class RerankedIndex:
         approximate = np.empty((1, fetch), np.float32)  # held here: swig_ptr keeps no reference
         self.approx.search_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(approximate), faiss.swig_ptr(found),
                              self.params)
-        cand = np.sort(found[0][found[0] >= 0])
-        scores = np.full((1, k), -np.inf, np.float32)
-        positions = np.full((1, k), -1, np.int64)
-        if len(cand):
-            exact = exact_scores(query, self.rows[cand])[0]
-            best = top_k_order(exact, cand, k)
-            scores[0, :len(best)] = exact[best]
-            positions[0, :len(best)] = cand[best]
-        return scores, positions
+        return self._rerank(query, found, k)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 nq×k, positions int64 nq×k) by exact score of the candidates,
         ties by position; -1 / -inf where fewer than k candidates were found."""
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        fetch = max(self.rerank, k)
-        _, found = self.approx.search(q, fetch, params=self.params)
+        _, found = self.approx.search(q, max(self.rerank, k), params=self.params)
+        return self._rerank(q, found, k)
+
+    def _rerank(self, q: np.ndarray, found: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's candidate positions (-1: none) re-scored exactly, best k kept."""
         scores = np.full((len(q), k), -np.inf, np.float32)
         positions = np.full((len(q), k), -1, np.int64)
         for i, cand in enumerate(found):

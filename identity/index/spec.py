@@ -310,21 +310,15 @@ def train(index: faiss.Index, sample: np.ndarray) -> None:
 
 def search_params(spec: IndexSpec, k: int, selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
     """Per-call parameters (nprobe / efSearch / id filter), so concurrent searches never
-    mutate the shared index. efSearch grows with k: HNSW returns at most efSearch hits."""
+    mutate the shared index. efSearch grows with k: HNSW returns at most efSearch hits.
+    For hnsw-sq8 these are its graph's: FaceIndex re-ranks the graph's rerank_factor·k
+    candidates itself (face_index._reranker), so the walk must return that many."""
     if spec.kind in ("ivf", "ivfpq"):
         return faiss.SearchParametersIVF(nprobe=spec.nprobe, sel=selector)
-    if spec.kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, 2 * k), sel=selector)
-    if spec.kind == "hnsw-sq8":
-        return faiss.IndexRefineSearchParameters(k_factor=float(spec.rerank_factor),
-                                                 base_index_params=graph_params(spec, k, selector))
+    if spec.graph:
+        wanted = spec.rerank_factor * k if spec.kind == "hnsw-sq8" else 2 * k
+        return faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, wanted), sel=selector)
     return faiss.SearchParameters(sel=selector) if selector is not None else None
-
-
-def graph_params(spec: IndexSpec, k: int, selector: faiss.IDSelector | None = None) -> faiss.SearchParametersHNSW:
-    """hnsw-sq8's graph walk for a top-k: it must hand over rerank_factor·k candidates, and
-    HNSW returns at most efSearch hits; the selector filters inside the walk."""
-    return faiss.SearchParametersHNSW(efSearch=max(spec.ef_search, spec.rerank_factor * k), sel=selector)
 
 
 def sample_rows(rng: np.random.Generator, n: int, size: int) -> np.ndarray:

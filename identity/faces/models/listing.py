@@ -5,7 +5,7 @@ from __future__ import annotations
 from identity.config import Settings
 from identity.faces.models.calibration import load_clustering, load_thresholds
 from identity.faces.models.manifest import DetectorSpec, ModelSpec
-from identity.faces.models.verify import verify
+from identity.faces.models.verify import ModelStatus, verify
 
 
 def describe(spec: ModelSpec, settings: Settings) -> dict:
@@ -21,12 +21,7 @@ def describe(spec: ModelSpec, settings: Settings) -> dict:
         "normalization": spec.normalization.value,
         "alignment": f"{spec.alignment.value}/{spec.template.value}",
         "default": spec.name == settings.pipeline.model,
-        "status": status.status.value,
-        "detail": status.detail,
-        "weights": str(status.path),
-        "license": spec.license.summary,
-        "commercial_use": spec.license.commercial_use,
-        "license_url": spec.license.url,
+        **_weights_and_license(spec, status),
         "thresholds": load_thresholds(spec, settings),
         "clustering": {
             "floor": clustering.floor,
@@ -43,6 +38,13 @@ def describe_detector(spec: DetectorSpec, settings: Settings) -> dict:
         "name": spec.name,
         "version": spec.version,
         "in_use": spec.name == settings.pipeline.detector,
+        **_weights_and_license(spec, status),
+    }
+
+
+def _weights_and_license(spec: ModelSpec | DetectorSpec, status: ModelStatus) -> dict:
+    """What a model's and a detector's rows both show: their weights' state and licence."""
+    return {
         "status": status.status.value,
         "detail": status.detail,
         "weights": str(status.path),
