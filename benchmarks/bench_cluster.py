@@ -119,21 +119,21 @@ def quality(args: argparse.Namespace) -> None:
     graph = knn_graph(faces.subset(kept).embeddings, defaults.k)
     rows = []
     for algorithm, grid in GRID.items():
-        for overrides in grid:
+        for overrides in ({**o, "hubness": h} for h in (False, True) for o in grid):
             params = ClusterParams.from_settings(settings, algorithm=algorithm, **overrides)
             result = cluster_faces(faces, params, graph=graph)
             m = evaluate_clustering(labels[primary], result.labels[primary])
             rows.append({"algorithm": algorithm, **overrides, "seconds": round(result.seconds, 3), **m.to_dict()})
-            print(f"{algorithm:17s} {json.dumps(overrides):52s} BCubed P {m.bcubed_precision:.4f} "
+            print(f"{algorithm:17s} {json.dumps(overrides):72s} BCubed P {m.bcubed_precision:.4f} "
                   f"R {m.bcubed_recall:.4f} F1 {m.bcubed_f1:.4f} | pairwise P {m.pairwise_precision:.4f} "
                   f"R {m.pairwise_recall:.4f} F1 {m.pairwise_f1:.4f} | clusters {m.n_clusters} "
                   f"unclustered {m.fraction_unclustered:.3f} | {result.seconds:.2f} s", flush=True)
     result = cluster_faces(faces, defaults, graph=graph)
     m = evaluate_clustering(labels[primary], result.labels[primary])
     default_row = {"algorithm": f"default of {args.model}", "threshold": defaults.threshold,
-                   "merge_similarity": defaults.merge_similarity, **m.to_dict()}
+                   "merge_similarity": defaults.merge_similarity, "hubness": defaults.hubness, **m.to_dict()}
     print(f"DEFAULT {args.model}: {defaults.algorithm} floor {defaults.threshold} merge "
-          f"{defaults.merge_similarity}: BCubed P {m.bcubed_precision:.4f} R {m.bcubed_recall:.4f} "
+          f"{defaults.merge_similarity} hubness {defaults.hubness}: BCubed P {m.bcubed_precision:.4f} R {m.bcubed_recall:.4f} "
           f"F1 {m.bcubed_f1:.4f} | pairwise F1 {m.pairwise_f1:.4f} | clusters {m.n_clusters} "
           f"unclustered {m.fraction_unclustered:.3f}", flush=True)
     (OUT / args.model / "cluster_quality.json").write_text(json.dumps([default_row, *rows], indent=1))
@@ -180,10 +180,10 @@ def algorithm_step(args: argparse.Namespace) -> None:
     x, _ = synthetic(args.n)  # the same faces the graph was built from (seeded)
     faces = FaceSet.from_embeddings(x)
     base = peak_rss_mib()
-    params = ClusterParams(algorithm=args.algorithm, threshold=args.threshold, k=graph.k)
+    params = ClusterParams(algorithm=args.algorithm, threshold=args.threshold, k=graph.k, hubness=args.hubness)
     result = cluster_faces(faces, params, graph=graph)
     m = evaluate_clustering(labels, result.labels)
-    print(json.dumps({"step": args.algorithm, "n": args.n, "seconds": round(result.seconds, 2),
+    print(json.dumps({"step": args.algorithm + ("+hubness" if args.hubness else ""), "n": args.n, "seconds": round(result.seconds, 2),
                       "peak_rss_mib": round(peak_rss_mib()), "rss_before_mib": round(base),
                       "bcubed_f1": round(m.bcubed_f1, 4), "clusters": m.n_clusters}))
 
@@ -201,6 +201,8 @@ def scale(args: argparse.Namespace) -> None:
             steps.append(["graph", "--n", str(n), "--tag", "ivf", "--exact-max", "0"])
         steps += [["algorithm", "--n", str(n), "--tag", "auto", "--algorithm", a, "--threshold", str(args.threshold)]
                   for a in ALGORITHMS]
+        steps.append(["algorithm", "--n", str(n), "--tag", "auto", "--algorithm", "hdbscan", "--threshold",
+                      str(args.threshold), "--hubness"])
         for step in steps:
             out = subprocess.run([sys.executable, "-m", "benchmarks.bench_cluster", *step],
                                  cwd=ROOT, capture_output=True, text=True)
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="auto")
     p.add_argument("--algorithm", required=True)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--hubness", action="store_true", help="hubness-correct the graph first")
     p.set_defaults(func=algorithm_step)
     args = parser.parse_args(argv)
     args.func(args)

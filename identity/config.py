@@ -179,6 +179,10 @@ class ClusterSettings(_Group):
         None, alias="cluster_threshold", ge=-1.0, le=1.0, description="Unset: the model's calibrated floor. Cosine similarity at "
         "which two faces are linked (HDBSCAN: the least similarity a face needs to a cluster-mate)."
     )
+    hubness: bool | None = Field(
+        None, alias="cluster_hubness", description="Unset: the model's calibration. Take each face's typical "
+        "similarity to other people out of its kNN similarities before clustering (identity.cluster.hubness)."
+    )
     min_samples: int = Field(1, alias="cluster_min_samples", ge=1, description="HDBSCAN/DBSCAN density parameter (counts the face itself).")
     k: int = Field(20, alias="cluster_k", ge=2, le=1000, description="Neighbours per face in the kNN graph.")
     min_size: int = Field(2, alias="cluster_min_size", ge=1, description="Smaller groups are reported as unclustered.")

@@ -131,10 +131,12 @@ def test_clustering_calibration_picks_the_best_floor_of_the_grid() -> None:
     x, labels = _people(300, spread=0.5)
     fit = calibrate_clustering(x, labels.astype(str), ClusterParams(), floors=(0.2, 0.5, 0.8, 0.95),
                                merges=(0.9, 1.01), min_precision=0.0)
-    assert len(fit.grid) == 8 and fit.n_faces == len(x) and fit.n_identities == 300
+    assert len(fit.grid) == 16 and fit.n_faces == len(x) and fit.n_identities == 300
+    # every (floor, merge) without and with the hubness correction; ties go to none
+    assert {row["hubness"] for row in fit.grid} == {False, True}
     best = max(fit.grid, key=lambda row: (row["bcubed_f1"], row["bcubed_precision"]))
-    assert (fit.floor, fit.merge_similarity, fit.bcubed_f1) == (
-        best["floor"], best["merge_similarity"], best["bcubed_f1"]
+    assert (fit.floor, fit.merge_similarity, fit.hubness, fit.bcubed_f1) == (
+        best["floor"], best["merge_similarity"], best["hubness"], best["bcubed_f1"]
     )
     assert fit.bcubed_f1 > 0.95 and fit.precision_met
     # a floor far above the same-person similarities leaves everyone alone: worse F1
@@ -180,4 +182,6 @@ def test_calibration_file_carries_the_clustering_fit(tmp_path: Path) -> None:
     path = write_calibration(levels, spec, settings, source="test", clustering=fit)
     doc = json.loads(path.read_text())
     assert doc["clustering"]["floor"] == fit.floor and "grid" not in doc["clustering"]
-    assert ClusterParams.from_settings(settings).threshold == fit.floor
+    assert doc["clustering"]["hubness"] == fit.hubness
+    params = ClusterParams.from_settings(settings)
+    assert (params.threshold, params.hubness) == (fit.floor, fit.hubness)

@@ -817,9 +817,10 @@ def test_clustering_parameters_come_from_the_model_unless_set(tmp_path: Path) ->
     for name in ("facenet-keras-128", "w600k-mbf-512"):
         spec = models.get_model(name)
         params = ClusterParams.from_settings(Settings(model=name, data_dir=tmp_path))
-        assert (params.threshold, params.merge_similarity) == (
+        assert (params.threshold, params.merge_similarity, params.hubness) == (
             spec.clustering.floor,
             spec.clustering.merge_similarity,
+            spec.clustering.hubness,
         )
     assert (
         models.get_model("w600k-mbf-512").clustering.floor
@@ -828,6 +829,8 @@ def test_clustering_parameters_come_from_the_model_unless_set(tmp_path: Path) ->
     settings = Settings(model="w600k-mbf-512", data_dir=tmp_path, cluster_threshold=0.61)
     assert ClusterParams.from_settings(settings).threshold == 0.61  # the user's setting wins
     assert ClusterParams.from_settings(settings, threshold=0.4, merge_similarity=2.0).threshold == 0.4
+    assert not ClusterParams.from_settings(Settings(model="w600k-mbf-512", data_dir=tmp_path,
+                                                    cluster_hubness=False)).hubness
 
 
 def test_a_calibration_file_overrides_the_manifests_clustering(tmp_path: Path) -> None:
@@ -848,6 +851,10 @@ def test_a_calibration_file_overrides_the_manifests_clustering(tmp_path: Path) -
     assert (calibrated.floor, calibrated.merge_similarity, calibrated.calibrated) == (0.42, 0.66, True)
     params = ClusterParams.from_settings(settings)
     assert (params.threshold, params.merge_similarity) == (0.42, 0.66)
+    assert not params.hubness  # a file fitted before the correction existed: without it
+    models.save_calibration(spec, settings, {}, source="test",
+                            clustering={"floor": 0.4, "merge_similarity": 0.5, "hubness": True})
+    assert ClusterParams.from_settings(settings).hubness
     # the other model's parameters are untouched
     keras = models.get_model("facenet-keras-128")
     assert models.load_clustering(keras, settings) == keras.clustering

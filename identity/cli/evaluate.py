@@ -139,7 +139,8 @@ def calibrate(
     out.print(table)
     fit = getattr(report, "clustering", None)
     if fit is not None:
-        out.print(f"clustering ({fit.algorithm}): floor {fit.floor}, merge {fit.merge_similarity}; "
+        out.print(f"clustering ({fit.algorithm}): floor {fit.floor}, merge {fit.merge_similarity}, "
+                  f"hubness correction {'on' if fit.hubness else 'off'}; "
                   f"BCubed P {fit.bcubed_precision:.4f} R {fit.bcubed_recall:.4f} F1 {fit.bcubed_f1:.4f}"
                   + ("" if fit.precision_met else f" (no setting reached precision {fit.min_precision})"),
                   highlight=False)

@@ -12,7 +12,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from identity.cluster import algorithms
+from identity.cluster import algorithms, hubness
 from identity.cluster.knn import DEFAULT_EXACT_MAX, KnnGraph, knn_graph
 from identity.cluster.quality import QualityThresholds, quality_reasons
 from identity.cluster.types import UNCLUSTERED, ClusterResult, FaceSet
@@ -44,6 +44,9 @@ class ClusterParams:
     # HDBSCAN sub-clusters with centroids this alike are one person (measured on lfw-dev:
     # BENCHMARKS.md); above 1 disables the merge.
     merge_similarity: float = 0.8
+    # Take each face's typical similarity to other people out of its edges before the
+    # algorithm runs (`identity.cluster.hubness`); the floor is then on that scale.
+    hubness: bool = False
     exact_max: int = DEFAULT_EXACT_MAX
     seed: int = 0
 
@@ -59,6 +62,7 @@ class ClusterParams:
             algorithm=settings.cluster.algorithm,
             threshold=model.floor,
             merge_similarity=model.merge_similarity,
+            hubness=model.hubness,
             k=settings.cluster.k,
             min_cluster_size=settings.cluster.min_size,
             min_samples=settings.cluster.min_samples,
@@ -110,6 +114,11 @@ def cluster_faces(
 def _run(params: ClusterParams, graph: KnnGraph, faces: FaceSet) -> np.ndarray:
     if graph.n == 0:
         return np.zeros(0, np.int64)
+    if params.hubness:
+        # The strict pass only decides whose faces count as "other people" for μ. Chinese
+        # whispers: linear in the edges, and it does not chain strangers the way
+        # connected components do in a large collection.
+        graph = hubness.centre(graph, algorithms.chinese_whispers(graph, params.threshold, seed=params.seed))
     if params.algorithm == "components":
         image_index = faces.image_index if params.same_photo_constraint else None
         return algorithms.connected_components(graph, params.threshold, image_index)

@@ -18,9 +18,10 @@ confidence interval.
 
 Clustering parameters (the similarity floor and HDBSCAN's sub-cluster merge) are cosine
 similarities as well, so they are calibrated with the thresholds, per model: the same
-labelled faces are clustered as if unlabelled over a grid of (floor, merge), and the pair
-with the best BCubed F1 against the folder names among those with BCubed precision ≥ 0.99
-is kept (`calibrate_clustering`): a wrong merge costs a user more than a split.
+labelled faces are clustered as if unlabelled over a grid of (floor, merge), with and without
+the hubness correction, and the setting with the best BCubed F1 against the folder names
+among those with BCubed precision ≥ 0.99 is kept (`calibrate_clustering`): a wrong merge
+costs a user more than a split.
 """
 
 from __future__ import annotations
@@ -148,13 +149,14 @@ CLUSTER_MIN_PRECISION = 0.99
 
 @dataclass(frozen=True)
 class ClusteringFit:
-    """The floor and merge with the best BCubed F1 among the settings of the grid whose
-    BCubed precision reaches `min_precision` (all settings when none does:
-    `precision_met` False); ties go to the better precision."""
+    """The floor, merge and hubness correction with the best BCubed F1 among the settings of
+    the grid whose BCubed precision reaches `min_precision` (all settings when none does:
+    `precision_met` False); ties go to the better precision, then to no correction."""
 
     algorithm: str
     floor: float
     merge_similarity: float
+    hubness: bool
     bcubed_precision: float
     bcubed_recall: float
     bcubed_f1: float
@@ -163,7 +165,7 @@ class ClusteringFit:
     n_identities: int
     min_precision: float = CLUSTER_MIN_PRECISION
     precision_met: bool = True
-    grid: list[dict] = field(default_factory=list, repr=False)  # floor, merge, F1, P, R
+    grid: list[dict] = field(default_factory=list, repr=False)  # floor, merge, hubness, F1, P, R
 
     def entry(self) -> dict:
         """What the calibration file records (everything but the grid)."""
@@ -180,11 +182,12 @@ def calibrate_clustering(
     image_index: np.ndarray | None = None,
     floors: Sequence[float] = CLUSTER_FLOORS,
     merges: Sequence[float] = CLUSTER_MERGES,
+    hubness: Sequence[bool] = (False, True),
     min_precision: float = CLUSTER_MIN_PRECISION,
 ) -> ClusteringFit:
-    """Cluster the faces with every (floor, merge) of the grid and `params` otherwise, score
-    each clustering against `labels` (BCubed), and keep the best F1 among the settings at
-    least `min_precision` precise. One kNN graph serves the grid."""
+    """Cluster the faces with every (floor, merge, hubness) of the grid and `params`
+    otherwise, score each clustering against `labels` (BCubed), and keep the best F1 among
+    the settings at least `min_precision` precise. One kNN graph serves the grid."""
     from identity.cluster import FaceSet, cluster_faces, evaluate_clustering, knn_graph
 
     truth = np.asarray(labels)
@@ -193,27 +196,30 @@ def calibrate_clustering(
     faces = FaceSet.from_embeddings(np.asarray(embeddings, np.float32), image_index)
     graph = knn_graph(faces.embeddings, params.k, exact_max=params.exact_max)
     trials = []
-    for floor in floors:
-        for merge in merges:
-            trial = replace(params, threshold=float(floor), merge_similarity=float(merge))
-            m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=graph).labels)
-            trials.append((floor, merge, m))
+    for corrected in hubness:
+        for floor in floors:
+            for merge in merges:
+                trial = replace(params, threshold=float(floor), merge_similarity=float(merge),
+                                hubness=bool(corrected))
+                m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=graph).labels)
+                trials.append((floor, merge, bool(corrected), m))
     if not trials:
         raise InputError("an empty grid of clustering parameters")
-    precise = [t for t in trials if t[2].bcubed_precision >= min_precision]
-    floor, merge, m = max(
+    precise = [t for t in trials if t[3].bcubed_precision >= min_precision]
+    floor, merge, corrected, m = max(
         precise or trials,
-        key=lambda t: (round(t[2].bcubed_f1, 6), round(t[2].bcubed_precision, 6)),
+        key=lambda t: (round(t[3].bcubed_f1, 6), round(t[3].bcubed_precision, 6), not t[2]),
     )
     grid = [
-        {"floor": f, "merge_similarity": g, "bcubed_f1": r.bcubed_f1,
+        {"floor": f, "merge_similarity": g, "hubness": h, "bcubed_f1": r.bcubed_f1,
          "bcubed_precision": r.bcubed_precision, "bcubed_recall": r.bcubed_recall}
-        for f, g, r in trials
+        for f, g, h, r in trials
     ]
     return ClusteringFit(
         algorithm=str(params.algorithm),
         floor=float(floor),
         merge_similarity=float(merge),
+        hubness=corrected,
         bcubed_precision=m.bcubed_precision,
         bcubed_recall=m.bcubed_recall,
         bcubed_f1=m.bcubed_f1,

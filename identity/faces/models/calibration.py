@@ -91,6 +91,8 @@ def load_clustering(spec: ModelSpec, settings: Settings) -> ClusteringDefaults:
             spec.clustering,
             floor=float(values["floor"]),
             merge_similarity=float(values["merge_similarity"]),
+            # Files written before the correction existed were fitted without it.
+            hubness=bool(values.get("hubness", False)),
             calibrated=True,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -33,7 +33,11 @@ def alignment_method(spec: ModelSpec, settings: Settings) -> AlignMethod:
 
 def clustering(spec: ModelSpec, settings: Settings) -> ClusteringDefaults:
     """The model's clustering parameters (calibration file, else manifest), with the floor
-    replaced by IDENTITY_CLUSTER_THRESHOLD when set."""
+    and the hubness switch replaced by IDENTITY_CLUSTER_THRESHOLD and IDENTITY_CLUSTER_HUBNESS
+    when set."""
     params = load_clustering(spec, settings)
     floor = explicit(settings.cluster, "threshold")
-    return params if floor is None else replace(params, floor=float(floor))
+    if floor is not None:
+        params = replace(params, floor=float(floor))
+    corrected = explicit(settings.cluster, "hubness")
+    return params if corrected is None else replace(params, hubness=bool(corrected))

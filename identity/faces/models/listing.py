@@ -26,6 +26,7 @@ def describe(spec: ModelSpec, settings: Settings) -> dict:
         "clustering": {
             "floor": clustering.floor,
             "merge_similarity": clustering.merge_similarity,
+            "hubness": clustering.hubness,
             "calibrated": clustering.calibrated,
         },
     }

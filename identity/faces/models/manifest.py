@@ -75,10 +75,13 @@ class ClusteringDefaults:
 
     `floor`: the least similarity a face needs to a cluster-mate (HDBSCAN's outlier floor,
     the graph methods' edge cut). `merge_similarity`: HDBSCAN sub-clusters whose centroids
-    are at least this alike are one person (above 1 disables the merge)."""
+    are at least this alike are one person (above 1 disables the merge). `hubness`: the
+    similarities are hubness-corrected first (`identity.cluster.hubness`), and the floor
+    is on that scale."""
 
     floor: float
     merge_similarity: float
+    hubness: bool = False
     calibrated: bool = False
 
 
@@ -187,6 +190,7 @@ def _parse_clustering(model: str, raw: dict) -> ClusteringDefaults:
         return ClusteringDefaults(
             floor=float(raw["floor"]),
             merge_similarity=float(raw["merge_similarity"]),
+            hubness=bool(raw.get("hubness", False)),
             calibrated=bool(raw.get("calibrated", False)),
         )
     except KeyError as exc:
