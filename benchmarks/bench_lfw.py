@@ -194,6 +194,7 @@ def main() -> None:
         flip=False,
         batch_size=settings.pipeline.batch_size,
         normalize=False,
+        precision=pipeline.embedder.precision,
     )
 
     paths, labels = labelled_images(args.dir)

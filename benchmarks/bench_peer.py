@@ -312,7 +312,7 @@ def ours_lfw(
     spec = pipeline.spec
     raw = Embedder(pipeline.embedder.network, dim=spec.dim, input_size=spec.input_size,
                    normalization=spec.normalization, device=pipeline.device, flip=False,
-                   batch_size=pipeline.batch_size, normalize=False)
+                   batch_size=pipeline.batch_size, normalize=False, precision=pipeline.embedder.precision)
     start = time.perf_counter()
     crops = np.zeros((len(paths), spec.input_size, spec.input_size, 3), np.uint8)
     detected = np.zeros(len(paths), bool)

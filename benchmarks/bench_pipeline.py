@@ -11,8 +11,10 @@ batches, batched embedding, and detection of the next batch running concurrently
 embedding of the current one (each stage on half the cores). The naive loop is timed
 on the first `--naive-limit` images, and so is the pipeline on the very same images, for
 the ratio, alternating chunk by chunk so both see the same machine load (this machine is
-shared and its load swings by minutes). The pipeline then also runs over all images,
-without and with flip (the default).
+shared and its load swings by minutes). The pipeline runs at --precision (default 'auto':
+the embedding network in bf16 on a CPU with hardware bf16) and, in the same alternation,
+at fp32 (the product's default), so the run separates what the precision gives from what
+the rest does. The pipeline then also runs over all images, without and with flip.
 
 Besides wall-clock time, each side's CPU time (the process's, all threads) is recorded:
 the naive loop's includes what its two threads burn waiting for each other (OpenMP spins),
@@ -85,18 +87,24 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=128, help="images per alternation")
     parser.add_argument("--single-threaded-naive", action="store_true",
                         help="also the naive loop with one torch thread (its compute, no thread sync)")
+    parser.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
+                        help="the embedding network's precision for the pipeline (fp32 also runs beside it)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
     paths = sorted(args.data.glob("*/*.jpg"))[: args.limit]
     subset = paths[: args.naive_limit]
     base = dict(models_dir=args.models_dir, device="auto")
-    plain = FacePipeline.from_settings(Settings(**base, flip=False))
+    plain = FacePipeline.from_settings(Settings(**base, flip=False, precision=args.precision))
     list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
+    # The same pipeline in fp32 (the default precision) runs beside it, so a run at bf16
+    # shows what the precision gives and what the rest does.
+    fp32 = FacePipeline.from_settings(Settings(**base, flip=False, precision="fp32"))
+    list(fp32.process(subset[:8]))
 
     # The same images, the same work (one face per image, no flip), interleaved.
     load_start = os.getloadavg()
-    naive_s = same_s = naive_cpu = same_cpu = single_s = single_cpu = 0.0
+    naive_s = same_s = naive_cpu = same_cpu = single_s = single_cpu = fp32_s = fp32_cpu = 0.0
     naive_faces = same_faces = 0
     for start in range(0, len(subset), args.chunk):
         chunk = subset[start : start + args.chunk]
@@ -107,11 +115,13 @@ def main() -> None:
             single_s, single_cpu = single_s + seconds, single_cpu + cpu
         seconds, _, faces, cpu = pipeline_run(plain, chunk, select="central")
         same_s, same_faces, same_cpu = same_s + seconds, same_faces + faces, same_cpu + cpu
+        seconds, _, _, cpu = pipeline_run(fp32, chunk, select="central")
+        fp32_s, fp32_cpu = fp32_s + seconds, fp32_cpu + cpu
         print(f"  {start + len(chunk)}/{len(subset)}: ratio so far {naive_s / same_s:.2f}, "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     load_subset_end = os.getloadavg()
     full_s, full_images, full_faces, _ = pipeline_run(plain, paths, select="all")
-    flipped = FacePipeline.from_settings(Settings(**base, flip=True))
+    flipped = FacePipeline.from_settings(Settings(**base, flip=True, precision=args.precision))
     flip_s, flip_images, flip_faces, _ = pipeline_run(flipped, paths, select="all")
 
     figures = {
@@ -124,6 +134,10 @@ def main() -> None:
         "naive_cpu_ms_per_image": 1000 * naive_cpu / len(subset),
         "pipeline_cpu_ms_per_image": 1000 * same_cpu / len(subset),
         "cpu_ratio_naive_over_pipeline": naive_cpu / same_cpu,
+        "precision": str(plain.embedder.precision),
+        "pipeline_fp32_same_subset_images_per_s": len(subset) / fp32_s,
+        "pipeline_fp32_cpu_ms_per_image": 1000 * fp32_cpu / len(subset),
+        "ratio_pipeline_fp32_over_naive": naive_s / fp32_s,
         **({"naive_1thread_images_per_s": len(subset) / single_s,
             "naive_1thread_cpu_ms_per_image": 1000 * single_cpu / len(subset),
             "ratio_pipeline_over_naive_1thread": single_s / same_s,
@@ -139,7 +153,7 @@ def main() -> None:
         "pipeline_all_faces_faces_per_s": full_faces / full_s,
         "pipeline_flip_images_per_s": flip_images / flip_s,
         "pipeline_flip_faces_per_s": flip_faces / flip_s,
-        "seconds": {"naive": naive_s, "pipeline_subset": same_s, "pipeline_all": full_s,
+        "seconds": {"naive": naive_s, "pipeline_subset": same_s, "pipeline_fp32_subset": fp32_s, "pipeline_all": full_s,
                     "pipeline_all_flip": flip_s},
     }
     print(json.dumps(figures, indent=2))

@@ -30,7 +30,7 @@ from identity.faces.align import align
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces
-from identity.faces.embed import Embedder, resolve_device
+from identity.faces.embed import Embedder, resolve_device, resolve_precision
 from identity.faces.models import AlignMethod, ModelSpec
 from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
 
@@ -133,6 +133,7 @@ class FacePipeline:
             device=device,
             flip=group.flip,
             batch_size=group.batch_size,
+            precision=resolve_precision(group.precision, device),
         )
         return cls(
             make_detector(group, device),
