@@ -492,7 +492,7 @@ def cluster_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict[str
     from identity.cluster.api import ClusterParams, cluster_faces
     from identity.cluster.types import FaceSet
 
-    overrides = {k: spec[k] for k in ("algorithm", "threshold", "min_cluster_size") if spec.get(k) is not None}
+    overrides = {k: spec[k] for k in ("algorithm", "threshold", "min_cluster_size", "hubness") if spec.get(k) is not None}
     params = ClusterParams.from_settings(service.settings, **overrides)
     try:
         if not job_store.set_status(service.store, job_id, "running"):
@@ -518,11 +518,12 @@ def cluster_job(service: Service, job_id: str, spec: dict[str, Any]) -> dict[str
             done = len(ids)
             job_store.set_progress(service.store, job_id, items_done=0, total_items=done)
         if len(faces) == 0:
-            result = {"clusters": [], "unclustered": [], "algorithm": params.algorithm}
+            result = {"clusters": [], "unclustered": [], "algorithm": params.algorithm, "hubness": params.hubness}
         else:
             clustered = cluster_faces(faces, params)
             result = {
                 "algorithm": clustered.algorithm,
+                "hubness": params.hubness,
                 "clusters": [[refs[i] for i in rows] for rows in clustered.members()],
                 "unclustered": [refs[i] for i in np.flatnonzero(clustered.labels < 0)],
             }

@@ -339,6 +339,12 @@ def test_cluster_job_over_the_stored_unassigned_faces(client, keys):
     assert set(clustered) | {m["face_id"] for m in job["result"]["unclustered"]} == set(face_person)
     for cluster in job["result"]["clusters"]:
         assert len({face_person[m["face_id"]] for m in cluster}) == 1
+    assert job["result"]["hubness"] is True  # the model's calibration
+    created = client.post("/v1/jobs/cluster", json={"hubness": False}, headers=auth(keys["admin"]))
+    job = wait_job(client, created.json()["job_id"], keys["read"])
+    assert job["status"] == "succeeded" and job["result"]["hubness"] is False, job
+    assert_error(client.post("/v1/jobs/cluster", json={"hubness": "maybe"}, headers=auth(keys["admin"])),
+                 422, "invalid_request")
 
 
 # --- errors -------------------------------------------------------------------------------------------

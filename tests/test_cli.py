@@ -243,6 +243,10 @@ def test_evaluate_clusters_scores_against_folder_names(env):
         assert 0.0 <= metrics[key] <= 1.0
     assert (metrics["n_faces"], metrics["n_identities"]) == (17, 10)  # one subject face per photo
     assert metrics["n_clusters"] >= 1
+    assert metrics["hubness"] is True  # the model's calibration, unless --no-hubness
+    plain = identity("evaluate", "clusters", str(LABELED), "--no-hubness", "--json", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["hubness"] is False
 
 
 def test_cluster_matches_enrolled_persons_and_saves_the_rest_as_unnamed(env, store_env, in_process, tmp_path):

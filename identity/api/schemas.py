@@ -154,6 +154,7 @@ class ClusterJobIn(BaseModel):
     algorithm: Literal["components", "chinese_whispers", "dbscan", "hdbscan"] | None = None
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
     min_cluster_size: int | None = Field(None, ge=1, le=100_000)
+    hubness: bool | None = Field(None, description="Hubness-correct the kNN graph first; unset: the model's calibration.")
 
 
 class ModelMoveJobIn(BaseModel):

@@ -16,13 +16,16 @@ Algorithm = Annotated[Optional[ClusterAlgorithm], typer.Option(help="Clustering 
 Threshold = Annotated[Optional[float], typer.Option(
     min=-1.0, max=1.0,
     help="Cosine similarity: edge cut for graph methods, eps for DBSCAN, outlier floor for HDBSCAN.")]
+Hubness = Annotated[Optional[bool], typer.Option(
+    "--hubness/--no-hubness",
+    help="Take each face's typical similarity to other people out of the graph first (default: the model's calibration).")]
 
 
-def cluster_params(algorithm: ClusterAlgorithm | None, threshold: float | None):
+def cluster_params(algorithm: ClusterAlgorithm | None, threshold: float | None, hubness: bool | None = None):
     from identity.cluster import ClusterParams
 
     overrides = {k: v for k, v in (("algorithm", algorithm and algorithm.value),
-                                   ("threshold", threshold)) if v is not None}
+                                   ("threshold", threshold), ("hubness", hubness)) if v is not None}
     return ClusterParams.from_settings(settings(), **overrides)
 
 
@@ -69,6 +72,7 @@ def cluster(
     out_dir: Annotated[Path, typer.Option("--out", help="Where clusters.json, folders and sheets go.")],
     algorithm: Algorithm = None,
     threshold: Threshold = None,
+    hubness: Hubness = None,
     folders: Annotated[FolderMode, typer.Option(
         help="A folder per cluster with face 'crops', 'links' to the originals, or 'none'.")] = FolderMode.crops,
     sheets: Annotated[bool, typer.Option(
@@ -100,7 +104,7 @@ def cluster(
         raise ConflictError(f"{out_dir} holds an earlier clustering result ({earlier[0].name}); pass --force "
                             "to replace it, or choose another --out", path=str(out_dir))
     paths = expand_images(images)
-    params = cluster_params(algorithm, threshold)
+    params = cluster_params(algorithm, threshold, hubness)
     with service() as svc:
         clustering = clustered(svc, paths, params, keep_crops=folders == FolderMode.crops or sheets,
                                keep_chips=save)

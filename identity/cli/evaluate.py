@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from identity.cli._common import JsonOption, dump, out, progress, service
-from identity.cli.cluster import Algorithm, Threshold, cluster_params, clustered
+from identity.cli.cluster import Algorithm, Hubness, Threshold, cluster_params, clustered
 from identity.errors import InputError
 
 app = typer.Typer(help="Measure accuracy: LFW protocol, identification, clustering.")
@@ -91,6 +91,7 @@ def evaluate_clusters(
     directory: Annotated[Path, typer.Argument(help="DIR/<person>/<image>: folder names are the truth.")],
     algorithm: Algorithm = None,
     threshold: Threshold = None,
+    hubness: Hubness = None,
     as_json: JsonOption = False,
 ) -> None:
     """Cluster the photos as if unlabelled, then score against the folder names: pairwise and
@@ -98,7 +99,7 @@ def evaluate_clusters(
     from identity.cluster.metrics import folder_metrics
     from identity.enroll import EnrollItem, items_from_directory
 
-    params = cluster_params(algorithm, threshold)
+    params = cluster_params(algorithm, threshold, hubness)
     # The same layout as enrollment: `_`/`.` folders (probes, hidden) are not people.
     photos = [Path(item.source) for item in items_from_directory(existing_dir(directory))
               if isinstance(item, EnrollItem)]
@@ -108,7 +109,7 @@ def evaluate_clusters(
         clustering = clustered(svc, photos, params)
     metrics = folder_metrics(clustering.faces, clustering.result).to_dict()
     if as_json:
-        dump({"algorithm": params.algorithm, "threshold": params.threshold, **metrics})
+        dump({"algorithm": params.algorithm, "threshold": params.threshold, "hubness": params.hubness, **metrics})
         return
     for key, value in metrics.items():
         out.print(f"{key:>28}: {value:.4f}" if isinstance(value, float) else f"{key:>28}: {value}",

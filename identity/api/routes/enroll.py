@@ -146,12 +146,13 @@ def cluster_upload(
     key: ReadKey,
     images: list[UploadFile] = File(..., description="The collection to cluster"),
     threshold: float | None = Form(None, ge=-1.0, le=1.0),
+    hubness: bool | None = Form(None, description="Hubness-correct the kNN graph first; unset: the model's calibration."),
 ) -> JobCreated:
     """Cluster an uploaded collection (nothing is stored but the job's result)."""
     uploads = read_uploads(images, service.settings.api.max_images_per_request)
     job_id = spool.new_owner()  # the job's spool folder, released when the job ends
     paths = [str(p) for p in spool_uploads(service.settings, job_id, uploads)]
-    spec = {"paths": paths, "names": [u.name for u in uploads], "threshold": threshold}
+    spec = {"paths": paths, "names": [u.name for u in uploads], "threshold": threshold, "hubness": hubness}
     try:
         return _created(service.start_cluster_job(spec, key_id=key.key_id, job_id=job_id))
     except BaseException:
