@@ -39,7 +39,7 @@ from identity.errors import InputError, ModelMoveError
 from identity.faces import models
 from identity.faces.align import align
 from identity.faces.decode import decode_image, read_bytes
-from identity.faces.embed import Embedder, resolve_device, resolve_precision
+from identity.faces.embed import Embedder, resolve_device
 from identity.faces.models.manifest import ModelSpec
 from identity.faces.types import DetectedFace
 from identity.store import ModelInfo, Store
@@ -108,10 +108,7 @@ class Reembedder:
         self.margin = group.margin
         if embedder is None:
             device = resolve_device(group.device)
-            embedder = Embedder(models.load_network(spec, settings, device=device), dim=spec.dim,
-                                input_size=spec.input_size, normalization=spec.normalization,
-                                device=device, flip=group.flip, batch_size=group.batch_size,
-                                precision=resolve_precision(group.precision, device))
+            embedder = Embedder.for_model(models.load_network(spec, settings, device=device), spec, group, device)
         self.embedder = embedder
 
     def _align(self, pixels: np.ndarray, face: DetectedFace) -> np.ndarray:

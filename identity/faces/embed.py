@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from identity.config import PipelineSettings
 from identity.faces.models.kinds import Normalization
+from identity.faces.models.manifest import ModelSpec
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -92,6 +94,15 @@ class Embedder:
         self.flip = flip
         self.batch_size = batch_size
         self.normalize = normalize
+
+    @classmethod
+    def for_model(cls, network: torch.nn.Module, spec: ModelSpec, pipeline: PipelineSettings,
+                  device: torch.device) -> Embedder:
+        """The model's loaded network as the pipeline settings run it (flip, batch, precision):
+        one place, so enrollment and a model move embed a crop alike."""
+        return cls(network, dim=spec.dim, input_size=spec.input_size, normalization=spec.normalization,
+                   device=device, flip=pipeline.flip, batch_size=pipeline.batch_size,
+                   precision=resolve_precision(pipeline.precision, device))
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:

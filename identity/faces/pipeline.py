@@ -30,7 +30,7 @@ from identity.faces.align import align
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces
-from identity.faces.embed import Embedder, resolve_device, resolve_precision
+from identity.faces.embed import Embedder, resolve_device
 from identity.faces.models import AlignMethod, ModelSpec
 from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
 
@@ -125,19 +125,9 @@ class FacePipeline:
         configure_threads(group.torch_threads, device)
         spec = models.get_model(group.model)
         network = models.load_network(spec, settings, device=device)
-        embedder = Embedder(
-            network,
-            dim=spec.dim,
-            input_size=spec.input_size,
-            normalization=spec.normalization,
-            device=device,
-            flip=group.flip,
-            batch_size=group.batch_size,
-            precision=resolve_precision(group.precision, device),
-        )
         return cls(
             make_detector(group, device),
-            embedder,
+            Embedder.for_model(network, spec, group, device),
             spec,
             # The model's alignment and landmark template, unless IDENTITY_ALIGNMENT is set.
             alignment=models.alignment_method(spec, settings),
