@@ -27,6 +27,7 @@ from identity.config import PipelineSettings, Settings, get_settings
 from identity.errors import InputError
 from identity.faces import models
 from identity.faces.align import align
+from identity.faces.allocator import keep_freed_memory
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces
@@ -123,6 +124,7 @@ class FacePipeline:
         group = settings.pipeline
         device = resolve_device(group.device)
         configure_threads(group.torch_threads, device)
+        keep_freed_memory(group.keep_freed_mb << 20)
         spec = models.get_model(group.model)
         network = models.load_network(spec, settings, device=device)
         return cls(
