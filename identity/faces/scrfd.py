@@ -29,6 +29,7 @@ from torchvision.ops.boxes import batched_nms
 
 from identity.config import PipelineSettings
 from identity.errors import ModelCorruptError
+from identity.faces import onednn
 from identity.vocabulary import FaceDetector
 
 STRIDES = (8, 16, 32)
@@ -169,10 +170,10 @@ class OnnxGraph(nn.Module):
             a = [get(name) for name in node.inputs]
             op, attrs = node.op, node.attrs
             if op == "Conv":
-                out = _conv(a[0], a[1], a[2] if len(a) > 2 else None,
-                            stride=attrs.get("strides", [1, 1]),
-                            padding=attrs.get("pads", [0, 0, 0, 0])[:2],
-                            groups=attrs.get("group", 1), relu=attrs.get("relu", False))
+                out = onednn.conv(a[0], a[1], a[2] if len(a) > 2 else None,
+                                  stride=attrs.get("strides", [1, 1]),
+                                  padding=attrs.get("pads", [0, 0, 0, 0])[:2],
+                                  groups=attrs.get("group", 1), relu=attrs.get("relu", False))
             elif op == "Relu":
                 out = F.relu(a[0])
             elif op == "Add":
@@ -235,39 +236,6 @@ def _fuse_conv_relu(nodes: list[_Node], outputs: tuple[str, ...]) -> list[_Node]
         else:
             fused.append(node)
     return fused
-
-
-def _fused_conv_available() -> bool:
-    """oneDNN's convolution with a fused ReLU (what torch.compile emits on CPU), when this
-    torch build has it and it computes what conv2d + relu compute."""
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise
-        x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(4, 2, 3, 3).contiguous(memory_format=torch.channels_last)
-        b = torch.randn(4)
-        got = op(x, w, b, [1, 1], [1, 1], [1, 1], 2, "relu", [], "")
-        return bool(torch.allclose(got, F.relu(F.conv2d(x, w, b, padding=1, groups=2)), atol=1e-5))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_FUSED = None
-
-
-def _conv(x, weight, bias, *, stride, padding, groups, relu):
-    """conv2d (+ ReLU). On the CPU, oneDNN's fused kernel: the ReLU costs no extra pass over
-    the feature map, which on a busy machine took as long as the convolution itself."""
-    global _FUSED
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        if _FUSED is None:
-            _FUSED = _fused_conv_available()
-        if _FUSED:
-            return torch.ops.mkldnn._convolution_pointwise(
-                x.contiguous(memory_format=torch.channels_last), weight, bias, list(padding),
-                list(stride), [1, 1], groups, "relu" if relu else "none", [], "",
-            )
-    out = F.conv2d(x, weight, bias, stride=tuple(stride), padding=tuple(padding), groups=groups)
-    return F.relu(out) if relu else out
 
 
 def load_network(path: Path, device: torch.device | str = "cpu") -> OnnxGraph:
