@@ -43,9 +43,11 @@ def _vectors(n: int, seed: int) -> np.ndarray:
 
 
 def _spec(kind: str) -> IndexSpec:
-    # Breadth beyond the data (efSearch, 64·k re-ranked): the graph kinds are exhaustive
-    # here, so "the same approximate answer" is checkable as equality.
-    return IndexSpec(kind, DIM, hnsw_m=8, ef_search=1024, rerank_factor=64) if kind != "flat" else IndexSpec(kind, DIM)
+    # Breadth beyond the data (efSearch, 64·k re-ranked) and 16 links a node: the graph
+    # kinds are exhaustive here, so "the same approximate answer" is checkable as equality.
+    # With 8 links, a graph rebuilt when the tail is folded in left a node unreachable
+    # about once in five runs: the graph's recall, not the tail's logic.
+    return IndexSpec(kind, DIM, hnsw_m=16, ef_search=1024, rerank_factor=64) if kind != "flat" else IndexSpec(kind, DIM)
 
 
 def _load(directory: Path, mmap: bool, dim: int = DIM) -> FaceIndex:
@@ -126,6 +128,11 @@ def _same(got: list, want: list, exact: bool) -> None:
 def check_equal_to_private(directory: str, kind: str) -> None:
     """In a child: hypothesis drives change sequences against a mapped index and a
     private one loaded from the same snapshot."""
+    import faiss
+
+    # One thread: a graph is then built the same way every run (parallel insertion is not
+    # deterministic), so a failure here replays.
+    faiss.omp_set_num_threads(1)
     directory = Path(directory)
     queries = _vectors(12, 99)
     # Queries near existing, changed and new faces, not only random directions.
