@@ -6,6 +6,8 @@
 `embed` and `quality` take `--model NAME` (default: the configured model); bench_lfw writes
 the same embeddings file as a by-product.
     python -m benchmarks.bench_cluster scale      # time + peak memory on 1e5 and 1e6 synthetic faces
+    python -m benchmarks.bench_cluster grid       # `identity calibrate`'s clustering grid on lfw-dev's subjects,
+                                                  # against clustering each setting on its own
 
 Evaluation rule for lfw-dev: every detected face takes part in the clustering, but only
 one face per photo has a known identity, its subject: LFW photos are centred on it, and
@@ -231,6 +233,46 @@ def _edge_recall(n: int, threshold: float) -> float:
     return round(float(np.isin(exact, ivf).mean()), 4)
 
 
+# --- the calibration grid ----------------------------------------------------------------------
+
+
+def grid(args: argparse.Namespace) -> None:
+    """`calibrate_clustering` (one kNN graph; the hubness correction once per floor) against
+    `cluster_faces` run on its own for every setting of the same grid (one kNN graph, the
+    correction inside each run), on the same faces: time, and whether every row agrees."""
+    from dataclasses import replace
+
+    from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering, knn_graph
+    from identity.evaluate.calibrate import CLUSTER_FLOORS, CLUSTER_MERGES, calibrate_clustering
+
+    faces, labels = FaceSet.from_npz(embeddings_path(args.model))
+    keep = primary_faces(faces)
+    x, names = faces.embeddings[keep], np.asarray(labels)[keep]
+    params = ClusterParams()
+    start = time.perf_counter()
+    fit = calibrate_clustering(x, names, params)
+    grid_s = time.perf_counter() - start
+    subjects = FaceSet.from_embeddings(x)
+    start = time.perf_counter()
+    graph = knn_graph(subjects.embeddings, params.k, exact_max=params.exact_max)
+    each = []
+    for corrected in (False, True):
+        for floor in CLUSTER_FLOORS:
+            for merge in CLUSTER_MERGES:
+                trial = replace(params, threshold=float(floor), merge_similarity=float(merge), hubness=corrected)
+                m = evaluate_clustering(names, cluster_faces(subjects, trial, graph=graph).labels)
+                each.append((m.bcubed_f1, m.bcubed_precision))
+    each_s = time.perf_counter() - start
+    same = each == [(row["bcubed_f1"], row["bcubed_precision"]) for row in fit.grid]
+    print(json.dumps({
+        "model": args.model, "faces": len(x), "people": len(set(names)), "settings": len(each),
+        "calibrate_clustering_s": round(grid_s, 1), "each_setting_alone_s": round(each_s, 1),
+        "speedup": round(each_s / grid_s, 2), "rows_identical": same,
+        "fit": {"floor": fit.floor, "merge": fit.merge_similarity, "hubness": fit.hubness, "f1": fit.bcubed_f1},
+        "load_average": os.getloadavg(),
+    }))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--hubness", action="store_true", help="hubness-correct the graph first")
     p.set_defaults(func=algorithm_step)
+    p = sub.add_parser("grid")
+    p.add_argument("--model", default=Settings().pipeline.model)
+    p.set_defaults(func=grid)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -144,6 +144,24 @@ def test_clustering_calibration_picks_the_best_floor_of_the_grid() -> None:
     assert "grid" not in fit.entry() and fit.entry()["floor"] == fit.floor
 
 
+def test_each_row_of_the_grid_is_what_clustering_with_those_settings_scores() -> None:
+    """The grid corrects the graph once per floor and reuses it for every merge: each row
+    must still be what `cluster_faces` with that floor, merge and correction scores."""
+    from dataclasses import replace
+
+    from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering
+
+    x, labels = _people(200, spread=0.7, seed=5)
+    params = ClusterParams()
+    fit = calibrate_clustering(x, labels, params, floors=(0.3, 0.5), merges=(0.7, 0.9, 1.01), min_precision=0.0)
+    assert len(fit.grid) == 12
+    for row in fit.grid:
+        trial = replace(params, threshold=row["floor"], merge_similarity=row["merge_similarity"],
+                        hubness=row["hubness"])
+        m = evaluate_clustering(labels, cluster_faces(FaceSet.from_embeddings(x), trial).labels)
+        assert (row["bcubed_f1"], row["bcubed_precision"]) == (m.bcubed_f1, m.bcubed_precision), row
+
+
 def test_clustering_calibration_prefers_precise_settings() -> None:
     from identity.cluster import ClusterParams
 

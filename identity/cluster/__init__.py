@@ -4,6 +4,7 @@ constraints (same photo, quality, minimum size), incremental updates, metrics, o
 from identity.cluster.api import (
     ALGORITHMS,
     ClusterParams,
+    centred_graph,
     cluster_faces,
     cluster_incremental,
     relabel_by_size,
@@ -25,6 +26,7 @@ __all__ = [
     "KnnGraph",
     "QualityThresholds",
     "blur_score",
+    "centred_graph",
     "cluster_faces",
     "cluster_incremental",
     "evaluate_clustering",

@@ -111,14 +111,19 @@ def cluster_faces(
     )
 
 
+def centred_graph(graph: KnnGraph, threshold: float, seed: int = 0) -> KnnGraph:
+    """The graph with the hubness correction applied at floor `threshold` (what
+    `hubness=True` runs before the algorithm). The strict pass only decides whose faces
+    count as "other people" for μ. Chinese whispers: linear in the edges, and it does not
+    chain strangers the way connected components do in a large collection."""
+    return hubness.centre(graph, algorithms.chinese_whispers(graph, threshold, seed=seed))
+
+
 def _run(params: ClusterParams, graph: KnnGraph, faces: FaceSet) -> np.ndarray:
     if graph.n == 0:
         return np.zeros(0, np.int64)
     if params.hubness:
-        # The strict pass only decides whose faces count as "other people" for μ. Chinese
-        # whispers: linear in the edges, and it does not chain strangers the way
-        # connected components do in a large collection.
-        graph = hubness.centre(graph, algorithms.chinese_whispers(graph, params.threshold, seed=params.seed))
+        graph = centred_graph(graph, params.threshold, params.seed)
     if params.algorithm == "components":
         image_index = faces.image_index if params.same_photo_constraint else None
         return algorithms.connected_components(graph, params.threshold, image_index)

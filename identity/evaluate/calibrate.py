@@ -188,7 +188,7 @@ def calibrate_clustering(
     """Cluster the faces with every (floor, merge, hubness) of the grid and `params`
     otherwise, score each clustering against `labels` (BCubed), and keep the best F1 among
     the settings at least `min_precision` precise. One kNN graph serves the grid."""
-    from identity.cluster import FaceSet, cluster_faces, evaluate_clustering, knn_graph
+    from identity.cluster import FaceSet, centred_graph, cluster_faces, evaluate_clustering, knn_graph
 
     truth = np.asarray(labels)
     if len(truth) != len(embeddings) or len(truth) == 0:
@@ -198,10 +198,13 @@ def calibrate_clustering(
     trials = []
     for corrected in hubness:
         for floor in floors:
+            # The correction depends on the floor (its strict pass), not on the merge: it is
+            # applied once per floor and the merges run on the corrected graph, which is
+            # what cluster_faces with hubness=True would compute for each of them.
+            floor_graph = centred_graph(graph, float(floor), params.seed) if corrected and graph.n else graph
             for merge in merges:
-                trial = replace(params, threshold=float(floor), merge_similarity=float(merge),
-                                hubness=bool(corrected))
-                m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=graph).labels)
+                trial = replace(params, threshold=float(floor), merge_similarity=float(merge), hubness=False)
+                m = evaluate_clustering(truth, cluster_faces(faces, trial, graph=floor_graph).labels)
                 trials.append((floor, merge, bool(corrected), m))
     if not trials:
         raise InputError("an empty grid of clustering parameters")
