@@ -19,6 +19,9 @@ rows/s, the VACUUM ANALYZE after it and the database's size are recorded), in on
    and replays the change log above its watermark; seconds, and the first search's answer
    against the built mirror's.
 
+`--keep-heap`, the comparison: the heap the build freed stays in the process (the mirror
+otherwise hands it back to the kernel, `identity.memory.release_free_memory`).
+
 The snapshot directory is a temporary one, so the state's own snapshot is left as it was.
 """
 
@@ -137,10 +140,17 @@ def main() -> None:
     ap.add_argument("--copy-fill", action="store_true", help="fill a new state by bulk COPY")
     ap.add_argument("--index", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/mirror.json"))
+    ap.add_argument("--keep-heap", action="store_true",
+                    help="the comparison: the mirror does not hand freed heap back after the build")
     args = ap.parse_args()
+    if args.keep_heap:
+        import identity.index.mirror
+
+        identity.index.mirror.release_free_memory = lambda: False
     fill = fill_by_copy(args.state, args.faces) if args.copy_fill else None
     url, _, _ = prepare(args.state, argparse.Namespace(faces=args.faces, index=args.index))
-    result: dict = {"machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+    result: dict = {"keep_heap": args.keep_heap,
+                    "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                                 "load_average_at_start": os.getloadavg()}, "state": str(args.state),
                     "fill": fill or json.loads((args.state / "filled.json").read_text())}
     with tempfile.TemporaryDirectory(prefix="identity-mirror-") as data:

@@ -27,7 +27,7 @@ from identity.config import PipelineSettings, Settings, get_settings
 from identity.errors import InputError
 from identity.faces import models
 from identity.faces.align import align
-from identity.faces.allocator import keep_freed_memory
+from identity.memory import keep_freed_memory
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces

@@ -53,6 +53,7 @@ from identity.index.snapshot import (
     writer_lock,
 )
 from identity.index.spec import Choice, IndexSpec, choose, training_sample_size
+from identity.memory import release_free_memory
 from identity.search_results import QueryResult
 from identity.store.types import Change, ModelInfo
 
@@ -212,8 +213,13 @@ class IndexMirror:
                 index, watermark = self._build()
             watermark = self._catch_up(index, watermark)
             self._publish(index, watermark)
-            if loaded is None:
+            built = loaded is None
+            del index, loaded  # served from self._index; a snapshot may replace it with its mapped copy
+            if built:
                 self._snapshot_locked(force=True)
+                # What the build freed (lists grown batch by batch, or the private copy the
+                # mapped snapshot replaced) goes back to the kernel instead of staying in the heap.
+                release_free_memory()
 
     def _load_snapshot(self) -> tuple[FaceIndex, SnapshotMeta] | None:
         key = current_key(self.directory)  # before reading: a later change is seen next time
@@ -317,7 +323,9 @@ class IndexMirror:
         with self._apply_lock:
             watermark = self._catch_up(index, watermark)
             self._publish(index, watermark)
+            del index
             self._snapshot_locked(force=True)
+        release_free_memory()  # the index it replaced, and the build's freed buffers
         return self.status()
 
     def wait_for(self, seq: int, timeout: float = 5.0) -> bool:
@@ -427,6 +435,8 @@ class IndexMirror:
         self._publish(index, watermark)
         log.info("index: %s snapshot %s at watermark %d; tail %d -> %d faces", why, meta.faiss_file, meta.watermark,
                  tail_before, index.tail_rows)
+        del index
+        release_free_memory()  # the index it replaced (a private copy, or an older mapped base's tail)
 
     # --- search and status ---------------------------------------------------------
 
