@@ -105,7 +105,13 @@ GRID: dict[str, list[dict]] = {
 
 
 def quality(args: argparse.Namespace) -> None:
-    from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering, knn_graph
+    from identity.cluster import (
+        ClusterParams,
+        FaceSet,
+        cluster_faces,
+        evaluate_clustering,
+        knn_graph,
+    )
     from identity.config import Settings
 
     faces, labels = FaceSet.from_npz(embeddings_path(args.model))
@@ -174,7 +180,13 @@ def graph_step(args: argparse.Namespace) -> None:
 
 def algorithm_step(args: argparse.Namespace) -> None:
     """One process: load a saved graph, run one algorithm (+ constraints, numbering)."""
-    from identity.cluster import ClusterParams, FaceSet, KnnGraph, cluster_faces, evaluate_clustering
+    from identity.cluster import (
+        ClusterParams,
+        FaceSet,
+        KnnGraph,
+        cluster_faces,
+        evaluate_clustering,
+    )
 
     with np.load(OUT / f"graph_{args.n}_{args.tag}.npz") as data:
         graph = KnnGraph(data["indices"], data["similarities"])
@@ -242,7 +254,13 @@ def grid(args: argparse.Namespace) -> None:
     correction inside each run), on the same faces: time, and whether every row agrees."""
     from dataclasses import replace
 
-    from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering, knn_graph
+    from identity.cluster import (
+        ClusterParams,
+        FaceSet,
+        cluster_faces,
+        evaluate_clustering,
+        knn_graph,
+    )
     from identity.evaluate.calibrate import CLUSTER_FLOORS, CLUSTER_MERGES, calibrate_clustering
 
     faces, labels = FaceSet.from_npz(embeddings_path(args.model))

@@ -188,7 +188,13 @@ def calibrate_clustering(
     """Cluster the faces with every (floor, merge, hubness) of the grid and `params`
     otherwise, score each clustering against `labels` (BCubed), and keep the best F1 among
     the settings at least `min_precision` precise. One kNN graph serves the grid."""
-    from identity.cluster import FaceSet, centred_graph, cluster_faces, evaluate_clustering, knn_graph
+    from identity.cluster import (
+        FaceSet,
+        centred_graph,
+        cluster_faces,
+        evaluate_clustering,
+        knn_graph,
+    )
 
     truth = np.asarray(labels)
     if len(truth) != len(embeddings) or len(truth) == 0:

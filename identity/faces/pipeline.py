@@ -27,13 +27,13 @@ from identity.config import PipelineSettings, Settings, get_settings
 from identity.errors import InputError
 from identity.faces import models
 from identity.faces.align import align
-from identity.memory import keep_freed_memory
 from identity.faces.chips import make_chip
 from identity.faces.decode import DecodedImage, decode_image, read_bytes
 from identity.faces.detect import DetectsFaces, Selection, make_detector, select_faces
 from identity.faces.embed import Embedder, resolve_device
 from identity.faces.models import AlignMethod, ModelSpec
 from identity.faces.types import DetectedFace, Face, FaceChip, ImageRef, ImageResult
+from identity.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
