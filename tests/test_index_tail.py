@@ -115,9 +115,19 @@ def _brute(index: FaceIndex, queries: np.ndarray, k: int) -> list[list[int]]:
     return [ids[np.lexsort((ids, -row))[:k]].tolist() for row in sims]
 
 
+def _tie_order(scores: list, ids: list, persons: list) -> tuple[list, list, list]:
+    """A row in (score to 1e-5, face id) order. Two different vectors can score exactly alike
+    against a query (it happened: a base face and a tail face, both 0.16710159); a graph
+    returns such ties in its own order, a merge of base and tail in another."""
+    order = sorted(range(len(ids)), key=lambda j: (-round(scores[j], 5), ids[j]))
+    return [scores[j] for j in order], [ids[j] for j in order], [persons[j] for j in order]
+
+
 def _same(got: list, want: list, exact: bool) -> None:
     for g_rows, w_rows in zip(got, want):
         for (gs, gi, gp), (ws, wi, wp) in zip(g_rows, w_rows):
+            if not exact:
+                (gs, gi, gp), (ws, wi, wp) = _tie_order(gs, gi, gp), _tie_order(ws, wi, wp)
             assert (gi, gp) == (wi, wp)
             if exact:
                 assert gs == ws  # bit for bit: base and tail score as one flat index would
@@ -152,7 +162,11 @@ def check_equal_to_private(directory: str, kind: str) -> None:
         assert shared.count == private.count
         assert sorted(shared.live_vectors()[0].tolist()) == sorted(private.live_vectors()[0].tolist())
         _same(_answers(shared, queries), _answers(private, queries), exact=kind == "flat")
-        assert [i.tolist() for _, i, _ in shared.search_faces(queries, 10)] == _brute(private, queries, 10)
+        got, want = [i.tolist() for _, i, _ in shared.search_faces(queries, 10)], _brute(private, queries, 10)
+        if kind == "flat":
+            assert got == want
+        else:  # the same faces; exact ties may come in another order (see _tie_order)
+            assert [sorted(row) for row in got] == [sorted(row) for row in want]
         # Folded into one index (what a snapshot writes), it still answers the same.
         out = directory / "folded"
         write_snapshot(out, shared, model="m", model_version="v", watermark=11)
