@@ -48,11 +48,16 @@ class FusedConv(nn.Module):
         return onednn.conv(x, self.weight, self.bias, stride=self.stride, padding=self.padding, relu=self.relu)
 
 
+def _affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inference batch norm as y = gain · x + shift, per channel."""
+    gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return gain, bn.bias - bn.running_mean * gain
+
+
 def _folded(layer: BasicConv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A BasicConv2d's (conv without bias, batch norm) as one convolution's weight and bias."""
-    bn = layer.bn
-    gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return layer.conv.weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain
+    gain, shift = _affine(layer.bn)
+    return layer.conv.weight * gain.view(-1, 1, 1, 1), shift
 
 
 def _fold(layer: BasicConv2d) -> FusedConv:
@@ -144,11 +149,10 @@ class FusedInceptionResnetV1(nn.Module):
             *(_Residual(b) for b in n.repeat_3), _Residual(n.block8),
         )
         # The bottleneck (a bias-free linear layer, then a batch norm) folded the same way.
-        bn = n.last_bn
-        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        gain, shift = _affine(n.last_bn)
         self.bottleneck = nn.Linear(n.last_linear.in_features, n.last_linear.out_features)
         self.bottleneck.weight = nn.Parameter(n.last_linear.weight * gain[:, None], requires_grad=False)
-        self.bottleneck.bias = nn.Parameter(bn.bias - bn.running_mean * gain, requires_grad=False)
+        self.bottleneck.bias = nn.Parameter(shift, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
