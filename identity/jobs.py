@@ -229,18 +229,31 @@ def start_enroll_job(service: Service, items: list[EnrollItem], *, planned: list
 
 def enroll_job_batch(service: Service, job_id: str, number: int, batch: list[EnrollItem], *,
                      largest_face: bool) -> list[ItemOutcome]:
-    """Idempotent: a redelivered batch finds its faces present and rewrites the same row.
-    Refused (`JobEndedError`, nothing written) once the job is no longer queued or
-    running: checked before the model runs, and again inside the write transaction."""
+    """Idempotent: a batch whose outcomes are on record returns them without running
+    again. That is a redelivery (its worker died after the write, before Celery stored
+    the result) or a second copy delivered while the first still ran, and either may come
+    after the job ended: the outcomes still belong to whoever waits for them. Any other
+    batch is refused (`JobEndedError`, nothing written) once the job is no longer queued
+    or running: checked before the model runs, and again inside the write transaction."""
     from identity.enroll import enroll_batch
 
+    recorded = job_store.batch_outcomes(service.store, job_id, number)
+    if recorded is not None:
+        return [ItemOutcome(**o) for o in recorded]
     status = job_store.status_of(service.store, job_id)
     if status not in job_store.ACTIVE:
         raise JobEndedError(f"job {job_id} is {status or 'gone'}; batch {number} not run")
-    with service.model_lock:
-        outcomes = enroll_batch(batch, pipeline=service.pipeline, store=service.store,
-                                max_bytes=service.settings.api.max_upload_bytes,
-                                largest_face=largest_face, job_id=job_id)
+    try:
+        with service.model_lock:
+            outcomes = enroll_batch(batch, pipeline=service.pipeline, store=service.store,
+                                    max_bytes=service.settings.api.max_upload_bytes,
+                                    largest_face=largest_face, job_id=job_id)
+    except JobEndedError:
+        # Another copy of this batch may have finished the job while this one ran.
+        recorded = job_store.batch_outcomes(service.store, job_id, number)
+        if recorded is None:
+            raise
+        return [ItemOutcome(**o) for o in recorded]
     if job_store.record_batch(service.store, job_id, number, [asdict(o) for o in outcomes]):
         on_job_end(service, job_id, "succeeded")
     return outcomes

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from fastapi.testclient import TestClient
 
 from identity.api import create_app
+from identity.enroll import EnrollItem
 from identity.errors import ConflictError, JobEndedError, NotFoundError
 from identity.jobs import owner_gone, process_owner, recover_jobs
 from identity.service import Service
@@ -103,6 +105,26 @@ def test_an_ended_job_refuses_writes_inside_the_transaction(service):
     assert job_store.record_batch(store, job_id, 0, []) is False
     assert not job_store.set_status(store, job_id, "succeeded")
     assert service.job(job_id).status == "cancelled"
+
+
+def test_a_batch_delivered_again_after_its_job_ended_answers_with_its_recorded_outcomes(service):
+    """Seen in CI: a worker killed after writing the job's last batch but before Celery
+    stored the result; the redelivery found the job succeeded, answered no outcomes, and
+    `identity enroll` reported 28 of 32 photos."""
+    store = service.store
+    job_id = job_store.create_job(store, "enroll", params={"planned": []}, total_items=2, total_batches=1)
+    recorded = [{"source": "/nowhere/a.jpg", "person": "p", "status": "enrolled", "reason": None,
+                 "face_id": 7, "person_id": 3},
+                {"source": "/nowhere/b.jpg", "person": "p", "status": "no_face", "reason": "no face found",
+                 "face_id": None, "person_id": None}]
+    assert job_store.record_batch(store, job_id, 0, recorded)  # the job's last batch: succeeded
+    batch = [EnrollItem(source=o["source"], person="p") for o in recorded]
+
+    again = service.enroll_job_batch(job_id, 0, batch, largest_face=False)
+
+    assert [asdict(o) for o in again] == recorded  # not run again: /nowhere has no photos
+    with pytest.raises(JobEndedError, match="succeeded; batch 1 not run"):
+        service.enroll_job_batch(job_id, 1, batch, largest_face=False)
 
 
 def test_cancel_is_repeatable_and_an_ended_job_is_a_conflict(service):

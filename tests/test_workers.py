@@ -271,10 +271,24 @@ def test_identity_enroll_without_a_live_worker_exits_4_in_seconds_and_nothing_is
     job = service.jobs(kind="enroll", status="failed")[0][0]
     assert job.error.startswith("the client gave up: no Celery worker is alive"), job
 
-    worker = workers()  # takes the two batches the client gave up on
-    wait_worker_idle(worker, 2)
+    # A run whose job is cancelled (from the console, say) before a worker takes its
+    # batches stops with the reason: not a success that counts only some of its photos.
+    waiting = subprocess.Popen(command, env={**env, "IDENTITY_WORKER_WAIT_SECONDS": "120"}, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (active := service.jobs(kind="enroll", status="queued")[0]):
+        assert waiting.poll() is None and time.monotonic() < deadline, waiting.communicate()
+        time.sleep(0.2)
+    service.cancel_job(active[0].id)
+
+    worker = workers()  # takes the two batches the client gave up on, and the cancelled job's two
+    _, stderr = waiting.communicate(timeout=300)
+    assert waiting.returncode == 5, stderr
+    assert "ended while its batches ran" in stderr and "Traceback" not in stderr
+    wait_worker_idle(worker, 4)
     assert not [row for row in face_rows(service) if row[2] == "walters"]
     assert service.job(job.id).status == "failed"
+    assert service.job(active[0].id).status == "cancelled"
 
     # With a worker alive the same command finishes, saying how far it got as it goes.
     finished = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -28,7 +28,7 @@ from celery import Celery
 
 from identity.config import Settings
 from identity.enroll import EnrollItem, ItemOutcome
-from identity.errors import NoWorkerError, ServiceUnavailableError
+from identity.errors import JobEndedError, NoWorkerError, ServiceUnavailableError
 from identity.runners.base import OnDone
 
 QUEUE = "identity"
@@ -124,7 +124,7 @@ class CeleryRunner:
             raise ServiceUnavailableError(f"cannot reach the broker: {exc}") from exc
         return sorted(name for reply in replies for name in reply)
 
-    def _wait_live(self, result, pending: deque) -> list[ItemOutcome]:
+    def _wait_live(self, result, pending: Sequence) -> list[ItemOutcome]:
         """Wait for `result` as long as some worker shows signs of life: a ping answered,
         a batch started or finished. Silent for `worker_wait` seconds → NoWorkerError."""
         from celery.exceptions import TimeoutError as CeleryTimeout
@@ -161,20 +161,30 @@ class CeleryRunner:
     def enroll(self, batches: Iterable[list[EnrollItem]], *, largest_face: bool, on_done: OnDone,
                job_id: str | None = None) -> None:
         """One task per batch, up to WINDOW in flight; outcomes reported in input order."""
-        pending: deque = deque()
+        pending: deque = deque()  # (result, items in the batch)
+
+        def next_done() -> None:
+            oldest, size = pending.popleft()
+            outcomes = self._wait_live(oldest, [result for result, _ in pending])
+            if len(outcomes) != size:
+                # Only a batch the job refused comes back short: the job ended under us.
+                raise JobEndedError(f"job {job_id} ended while its batches ran (cancelled, or failed "
+                                    "by another process); run the command again, it skips what is "
+                                    "already enrolled")
+            on_done(outcomes)
+
         try:
             for number, batch in enumerate(batches):
-                pending.append(self._send_batch(batch, largest_face, job_id, number if job_id else None))
+                result = self._send_batch(batch, largest_face, job_id, number if job_id else None)
+                pending.append((result, len(batch)))
                 if len(pending) >= WINDOW:
-                    oldest = pending.popleft()
-                    on_done(self._wait_live(oldest, pending))
+                    next_done()
             while pending:
-                oldest = pending.popleft()
-                on_done(self._wait_live(oldest, pending))
+                next_done()
         except BaseException:
             # Workers alive now drop these at once; one started later finds the job ended
             # on record (the caller fails it) and writes nothing.
-            self._revoke([r.id for r in pending])
+            self._revoke([result.id for result, _ in pending])
             raise
 
     def _revoke(self, task_ids: list[str]) -> None:

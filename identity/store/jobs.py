@@ -124,6 +124,15 @@ def record_batch(store: Store, job_id: str, batch_no: int, outcomes: list[dict[s
     return row[0] in ACTIVE and updated is not None and updated[0] == "succeeded"
 
 
+def batch_outcomes(store: Store, job_id: str, batch_no: int) -> list[dict[str, Any]] | None:
+    """The outcomes recorded for one batch of a job; None while it has none."""
+    with store.connection() as conn:
+        row = conn.execute(
+            "SELECT outcomes FROM job_batches WHERE job_id = %s AND batch_no = %s", (job_id, batch_no)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
 def set_status(
     store: Store, job_id: str, status: JobStatus, *, error: str | None = None,
     result: dict[str, Any] | None = None, items_done: int | None = None,
