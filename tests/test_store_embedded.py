@@ -90,6 +90,43 @@ def test_a_killed_process_does_not_keep_the_server_alive_forever(data_dir):
     assert not server_running(data_dir)
 
 
+_KILL_POSTMASTER = """
+import os, signal, time
+import psutil
+from identity.config import Settings
+from identity.store.embedded import embedded_url, pgdata_dir
+
+settings = Settings()
+url = embedded_url(settings)
+postmaster = psutil.Process(int((pgdata_dir(settings) / "postmaster.pid").read_text().split()[0]))
+postmaster.send_signal(signal.SIGKILL)
+while postmaster.is_running() and postmaster.status() != psutil.STATUS_ZOMBIE:
+    time.sleep(0.05)
+"""
+
+
+def test_a_server_killed_under_a_process_is_restarted_as_it_attaches_and_never_ends_in_a_traceback(data_dir):
+    """Seen under `identity enroll`: the postmaster killed as the command attached gave a
+    psycopg traceback; killed later, the command's exit printed pgserver's failed
+    `pg_ctl stop` and a psutil traceback."""
+    env = {**_env(data_dir), "IDENTITY_EMBEDDED_WATCH_SECONDS": "3600"}  # no watchdog: this is about attaching
+    attach = _KILL_POSTMASTER + """
+import psycopg
+with psycopg.connect(embedded_url(settings)) as conn:  # restarted here, not by the watchdog
+    print(conn.execute("SELECT 1").fetchone()[0])
+"""
+    again = subprocess.run([sys.executable, "-c", attach], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == "1", again.stderr
+    assert not server_running(data_dir)  # and stopped as the last one left
+
+    left = subprocess.run([sys.executable, "-c", _KILL_POSTMASTER], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert left.returncode == 0, left.stderr
+    assert "Traceback" not in left.stderr and "ERROR" not in left.stderr, left.stderr
+    assert run(data_dir, "print(store.create_person('carol').external_id)").strip() == "carol"  # started again
+
+
 @pytest.mark.slow  # starts several processes on a fresh server
 def test_processes_starting_together_on_a_fresh_data_dir_all_open_it():
     """Seen: two processes on a fresh data dir crashed one of them in 4 of 6 trials

@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,10 +112,9 @@ class EmbeddedServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="pg-watchdog", daemon=True)
         self._thread.start()
-        # atexit runs last-registered first: this stops the watchdog before pgserver's
-        # own exit handler (registered earlier, with the handle) stops the server, so the
-        # watchdog never restarts a server that is being shut down on purpose.
-        atexit.register(self.stop_watching)
+        # atexit runs last-registered first: this runs before pgserver's own exit handler
+        # (registered earlier, with the handle) stops the server.
+        atexit.register(self._before_exit)
 
     def get_uri(self, database: str | None = None) -> str:
         return self.handle.get_uri(database)
@@ -188,6 +188,19 @@ class EmbeddedServer:
                 _log.warning("embedded PostgreSQL: restart failed (%s); retrying in %.0f s",
                              exc, self.watch_seconds)
 
+    def _before_exit(self) -> None:
+        """Stop the watchdog, so it never restarts a server being shut down on purpose,
+        and leave a dead postmaster as it is."""
+        self.stop_watching()
+        self._leave_if_dead()
+
+    def _leave_if_dead(self) -> None:
+        """pgserver's cleanup would `pg_ctl stop` a postmaster that was killed (or is a
+        zombie nobody reaped yet), wait for it, log the failure and raise from psutil at
+        exit. Dead, it only needs our handle released; the next start starts it again."""
+        if not self.alive():
+            self.handle.cleanup_mode = None
+
     def stop_watching(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
@@ -200,6 +213,7 @@ class EmbeddedServer:
 
     def cleanup(self) -> None:
         self.stop_watching()
+        self._leave_if_dead()
         with _pg_lock:
             self.handle.cleanup()
 
@@ -264,20 +278,35 @@ def server_uri(server, database: str) -> str:
     return server.get_uri(database)
 
 
-def ensure_database(server, database: str = DATABASE) -> str:
+def ensure_database(server: EmbeddedServer, database: str = DATABASE, *, patience_s: float = 15.0) -> str:
     """Create `database` if missing; returns its URI. Callers in different processes hold
-    `init_lock`; a racing CREATE DATABASE fails with either error below, both harmless."""
+    `init_lock`; a racing CREATE DATABASE fails with either error below, both harmless.
+    A postmaster that dies as we attach (killed, out of memory) is restarted here, as the
+    watchdog would, for up to `patience_s`; then a `StoreError` says so."""
     import psycopg
     from psycopg import errors, sql
 
-    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if not exists:
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except (errors.DuplicateDatabase, errors.UniqueViolation):
-                pass
-    return server.get_uri(database)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with psycopg.connect(server.get_uri("postgres"), autocommit=True, connect_timeout=5) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+                if not exists:
+                    try:
+                        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                    except (errors.DuplicateDatabase, errors.UniqueViolation):
+                        pass
+            return server.get_uri(database)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"the embedded PostgreSQL in {server.pgdata} does not answer: {exc} "
+                    f"(see {server.pgdata / 'log'})") from exc
+        try:
+            server.ensure_running()
+        except Exception as exc:  # the old backends may still hold shared memory: again
+            _log.warning("embedded PostgreSQL: restart failed (%s); retrying", exc)
+        time.sleep(0.5)
 
 
 def embedded_url(settings: Settings) -> str:
