@@ -1,10 +1,10 @@
 """The `identity` command line, run as a user runs it: real files, exit codes checked.
 
 Each command that computes (detect, embed, verify, evaluate, calibrate, cluster) runs at
-least once as a subprocess, the executable itself. The tests that run many commands in a row (persons,
-keys, saving clusters, what calibrating changed) run them in this process through `main`,
-the function the executable runs (the same exit codes and output), which spares each
-command a Python start and a torch import.
+least once as a subprocess, the executable itself. Its further runs, and the tests that run
+many commands in a row (persons, keys, saving clusters, what calibrating changed), run in
+this process through `main`, the function the executable runs (the same exit codes and
+output), which spares each command a Python start and a torch import.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_help_lists_the_commands(env):
         assert command in result.stdout
 
 
-def test_verify_same_person_exits_0_and_different_exits_1(env):
+def test_verify_same_person_exits_0_and_different_exits_1(env, in_process):
     same = identity("verify", str(LABELED / "biden" / "biden.jpg"),
                     str(LABELED / "biden" / "biden2.jpg"), "--json", env=env)
     assert same.returncode == 0, same.stderr
@@ -50,21 +50,21 @@ def test_verify_same_person_exits_0_and_different_exits_1(env):
     assert body["same"] is True and body["similarity"] > body["threshold"]
     assert body["distance"] == pytest.approx(np.sqrt(2 - 2 * body["similarity"]), abs=1e-3)
 
-    different = identity("verify", str(LABELED / "biden" / "biden.jpg"),
-                         str(LABELED / "obama" / "obama2.jpg"), env=env)
+    different = in_process("verify", str(LABELED / "biden" / "biden.jpg"),
+                           str(LABELED / "obama" / "obama2.jpg"), env=env)
     assert different.returncode == 1, different.stderr
     assert "DIFFERENT" in different.stdout
 
 
-def test_verify_bad_input_exits_2_naming_the_file(env, tmp_path):
+def test_verify_bad_input_exits_2_naming_the_file(env, in_process, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
     result = identity("verify", str(broken), str(LABELED / "biden" / "biden.jpg"), env=env)
     assert result.returncode == 2
     assert "broken.jpg" in result.stderr and "not a recognised image" in result.stderr
 
-    no_face = identity("verify", str(MISC_DIR / "nonface" / "skimage_coffee.png"),
-                       str(LABELED / "biden" / "biden.jpg"), env=env)
+    no_face = in_process("verify", str(MISC_DIR / "nonface" / "skimage_coffee.png"),
+                         str(LABELED / "biden" / "biden.jpg"), env=env)
     assert no_face.returncode == 2 and "no face" in no_face.stderr
 
 
@@ -234,7 +234,7 @@ def test_cluster_writes_json_folders_and_sheets_and_keeps_photo_mates_apart(env,
     assert len([p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith("cluster_")]) == summary["clusters"]
 
 
-def test_evaluate_clusters_scores_against_folder_names(env):
+def test_evaluate_clusters_scores_against_folder_names(env, in_process):
     result = identity("evaluate", "clusters", str(LABELED), "--algorithm", "chinese_whispers", "--json", env=env)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
@@ -244,7 +244,7 @@ def test_evaluate_clusters_scores_against_folder_names(env):
     assert (metrics["n_faces"], metrics["n_identities"]) == (17, 10)  # one subject face per photo
     assert metrics["n_clusters"] >= 1
     assert metrics["hubness"] is True  # the model's calibration, unless --no-hubness
-    plain = identity("evaluate", "clusters", str(LABELED), "--no-hubness", "--json", env=env)
+    plain = in_process("evaluate", "clusters", str(LABELED), "--no-hubness", "--json", env=env)
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["hubness"] is False
 
