@@ -136,7 +136,9 @@ class Embedder:
 
     @torch.inference_mode()
     def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+        # Crops decoded from a read-only buffer (a stored chip) are copied: torch warns on
+        # tensors over memory it may not write, though this one is only read.
+        batch = torch.from_numpy(np.require(chunk, requirements=["C_CONTIGUOUS", "WRITEABLE"])).to(self.device)
         # N×H×W×C data viewed as N×C×H×W is already channels-last in memory.
         batch = standardize(batch.permute(0, 3, 1, 2).float(), self.normalization)
         batch = batch.contiguous(memory_format=torch.channels_last)
