@@ -3,8 +3,8 @@ any API replica can answer `GET /v1/jobs/{id}` and any worker can report progres
 
 A job is split into numbered batches when it is created. A finished batch writes its
 outcomes under (job_id, batch_no) with an upsert, so a redelivered or retried task
-replaces its own row and never counts twice; the job succeeds when every batch has a
-row. Items decided while planning (e.g. a malformed manifest line) are kept in the
+replaces its own row and never counts twice (and one that finds its row answers with
+it: `batch_outcomes`); the job succeeds when every batch has a row. Items decided while planning (e.g. a malformed manifest line) are kept in the
 job's `params["planned"]` and counted from the start.
 
 A job driven by one process (the API's in-process runner, or `identity enroll` with a
