@@ -20,7 +20,9 @@ rows/s, the VACUUM ANALYZE after it and the database's size are recorded), in on
    against the built mirror's.
 
 `--keep-heap`, the comparison: the heap the build freed stays in the process (the mirror
-otherwise hands it back to the kernel, `identity.memory.release_free_memory`).
+otherwise hands it back to the kernel, `identity.memory.release_free_memory`). `--keep-lists`,
+the other comparison: an IVF index keeps the spare capacity its lists grew while the rows
+streamed in (the build otherwise refits them, `identity.index.invlists`).
 
 The snapshot directory is a temporary one, so the state's own snapshot is left as it was.
 """
@@ -142,14 +144,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/mirror.json"))
     ap.add_argument("--keep-heap", action="store_true",
                     help="the comparison: the mirror does not hand freed heap back after the build")
+    ap.add_argument("--keep-lists", action="store_true",
+                    help="the comparison: the build does not refit an IVF index's lists")
     args = ap.parse_args()
+    if args.keep_lists:
+        from identity.index.face_index import FaceIndex
+
+        FaceIndex.fit_lists = lambda self: 0
     if args.keep_heap:
         import identity.index.mirror
 
         identity.index.mirror.release_free_memory = lambda: False
     fill = fill_by_copy(args.state, args.faces) if args.copy_fill else None
     url, _, _ = prepare(args.state, argparse.Namespace(faces=args.faces, index=args.index))
-    result: dict = {"keep_heap": args.keep_heap,
+    result: dict = {"keep_heap": args.keep_heap, "keep_lists": args.keep_lists,
                     "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                                 "load_average_at_start": os.getloadavg()}, "state": str(args.state),
                     "fill": fill or json.loads((args.state / "filled.json").read_text())}

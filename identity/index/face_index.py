@@ -53,6 +53,7 @@ import numpy as np
 from identity.errors import ModelMismatchError
 from identity.index.device import Placement, place
 from identity.index.exact import ExactScan
+from identity.index.invlists import fit_inverted_lists
 from identity.index.persons import ABSENT, PersonMap
 from identity.index.results import live_top_k
 from identity.index.rerank import RerankedIndex
@@ -403,7 +404,18 @@ class FaceIndex:
         for start in range(0, len(ids), chunk):
             stop = start + chunk
             target.add(ids[start:stop], persons[start:stop], vectors[start:stop])
+        target.fit_lists()
         return target
+
+    def fit_lists(self) -> int:
+        """Once an IVF index is filled batch by batch: its inverted lists refitted to what
+        they hold (identity/index/invlists.py); bytes of codes moved. A mapped base has
+        exact sizes already."""
+        with self._lock:
+            if self._tail is not None:
+                return 0
+            self._fast_key = None
+            return fit_inverted_lists(self.cpu_index)
 
     def compact(self) -> None:
         """Drop tombstones: rebuild the HNSW graph from its stored vectors, or re-clone

@@ -156,6 +156,7 @@ def _stream_into(choice: Choice, batches: Iterable[EmbeddingBatch], expected: in
     for ids, persons, vectors in batches:
         if len(ids):
             index.add(ids, persons, vectors)
+    index.fit_lists()  # each list grew batch by batch, to up to twice its rows
     index.choice = choice
     return index
 
