@@ -179,14 +179,18 @@ class EmbeddedServer:
                 _log.exception("after the embedded PostgreSQL restart: a listener failed")
         return True
 
+    def try_restart(self) -> None:
+        """`ensure_running`, a failure recorded (readiness shows it) and logged instead of
+        raised: the old backends may still hold shared memory, so the caller tries again."""
+        try:
+            self.ensure_running()
+        except Exception as exc:
+            self.last_error = f"restart failed: {type(exc).__name__}"
+            _log.warning("embedded PostgreSQL: restart failed (%s); retrying", exc)
+
     def _watch(self) -> None:
         while not self._stop.wait(self.watch_seconds):
-            try:
-                self.ensure_running()
-            except Exception as exc:  # the old backends may still hold shared memory: next tick
-                self.last_error = f"restart failed: {type(exc).__name__}"
-                _log.warning("embedded PostgreSQL: restart failed (%s); retrying in %.0f s",
-                             exc, self.watch_seconds)
+            self.try_restart()
 
     def _before_exit(self) -> None:
         """Stop the watchdog, so it never restarts a server being shut down on purpose,
@@ -302,10 +306,7 @@ def ensure_database(server: EmbeddedServer, database: str = DATABASE, *, patienc
                 raise StoreError(
                     f"the embedded PostgreSQL in {server.pgdata} does not answer: {exc} "
                     f"(see {server.pgdata / 'log'})") from exc
-        try:
-            server.ensure_running()
-        except Exception as exc:  # the old backends may still hold shared memory: again
-            _log.warning("embedded PostgreSQL: restart failed (%s); retrying", exc)
+        server.try_restart()
         time.sleep(0.5)
 
 
