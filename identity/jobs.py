@@ -237,9 +237,12 @@ def enroll_job_batch(service: Service, job_id: str, number: int, batch: list[Enr
     or running: checked before the model runs, and again inside the write transaction."""
     from identity.enroll import enroll_batch
 
-    recorded = job_store.batch_outcomes(service.store, job_id, number)
-    if recorded is not None:
-        return [ItemOutcome(**o) for o in recorded]
+    def recorded() -> list[ItemOutcome] | None:
+        outcomes = job_store.batch_outcomes(service.store, job_id, number)
+        return None if outcomes is None else [ItemOutcome(**o) for o in outcomes]
+
+    if (earlier := recorded()) is not None:
+        return earlier
     status = job_store.status_of(service.store, job_id)
     if status not in job_store.ACTIVE:
         raise JobEndedError(f"job {job_id} is {status or 'gone'}; batch {number} not run")
@@ -250,10 +253,9 @@ def enroll_job_batch(service: Service, job_id: str, number: int, batch: list[Enr
                                     largest_face=largest_face, job_id=job_id)
     except JobEndedError:
         # Another copy of this batch may have finished the job while this one ran.
-        recorded = job_store.batch_outcomes(service.store, job_id, number)
-        if recorded is None:
+        if (earlier := recorded()) is None:
             raise
-        return [ItemOutcome(**o) for o in recorded]
+        return earlier
     if job_store.record_batch(service.store, job_id, number, [asdict(o) for o in outcomes]):
         on_job_end(service, job_id, "succeeded")
     return outcomes
