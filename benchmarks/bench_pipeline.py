@@ -11,10 +11,10 @@ batches, batched embedding, and detection of the next batch running concurrently
 embedding of the current one (each stage on half the cores). The naive loop is timed
 on the first `--naive-limit` images, and so is the pipeline on the very same images, for
 the ratio, alternating chunk by chunk so both see the same machine load (this machine is
-shared and its load swings by minutes). The pipeline runs at --precision (default 'auto':
-the embedding network in bf16 on a CPU with hardware bf16) and, in the same alternation,
-at fp32 (the product's default), so the run separates what the precision gives from what
-the rest does. The pipeline then also runs over all images, without and with flip.
+shared and its load swings by minutes). The pipeline runs at --precision (default 'auto',
+the product's default: the embedding network in bf16 on a CPU with hardware bf16) and, in
+the same alternation, at fp32, so the run separates what the precision gives from what the
+rest does. The pipeline then also runs over all images, without and with flip.
 
 Besides wall-clock time, each side's CPU time (the process's, all threads) is recorded:
 the naive loop's includes what its two threads burn waiting for each other (OpenMP spins),
@@ -98,7 +98,7 @@ def main() -> None:
     base = dict(models_dir=args.models_dir, device="auto")
     plain = FacePipeline.from_settings(Settings(**base, flip=False, precision=args.precision))
     list(plain.process(subset[:8]))  # warm-up: first-call allocations, thread pools
-    # The same pipeline in fp32 (the default precision) runs beside it, so a run at bf16
+    # The same pipeline in fp32 runs beside it, so a run at bf16
     # shows what the precision gives and what the rest does.
     fp32 = FacePipeline.from_settings(Settings(**base, flip=False, precision="fp32"))
     list(fp32.process(subset[:8]))

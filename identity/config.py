@@ -97,9 +97,9 @@ class PipelineSettings(_Group):
     margin: int = Field(32, ge=0, description="Crop margin in output-crop pixels (facenet-pytorch semantics, scale-invariant).")
     flip: bool = Field(True, description="Add the embedding of the mirrored crop before normalising.")
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="What the embedding network computes in. 'bf16': bfloat16, about twice as "
-        "fast on a CPU with hardware bf16 (AVX512-BF16 or AMX), embeddings within cosine 0.998 of fp32's "
-        "(lfw-dev accuracy: BENCHMARKS.md, 'Precision'); 'auto': bf16 on such a CPU, fp32 elsewhere.")
+        "auto", description="What the embedding network computes in. 'auto': bf16 on a CPU with hardware "
+        "bf16 (AVX512-BF16 or AMX), fp32 elsewhere (GPUs included). bf16 is about twice as fast there, with "
+        "lfw-dev accuracy unchanged (BENCHMARKS.md, 'Precision'); 'fp32' or 'bf16' forces one.")
     batch_size: int = Field(32, ge=1, description="Images per detection batch and crops per embedding batch.")
     decode_workers: int = Field(2, ge=0, description="Threads decoding images ahead of the model.")
     detect_workers: int = Field(

@@ -61,18 +61,20 @@ def standardize(batch: torch.Tensor, normalization: Normalization | str) -> torc
 
 
 def for_inference(network: torch.nn.Module, device: torch.device, precision: torch.dtype) -> torch.nn.Module:
-    """The fastest form of `network` that computes the same vectors on `device`: on a CPU in
-    float32, Inception-ResNet-v1 with its batch norms folded and its ReLUs fused
-    (`models/inception_resnet.py`); any other network, device or precision as it is (bf16
-    runs the module under autocast, which the fused kernels would bypass)."""
-    if device.type != "cpu" or precision != torch.float32 or not onednn.fused_conv_available():
+    """The fastest form of `network` that computes its vectors in `precision` on `device`. On a
+    CPU with oneDNN's fused kernels, Inception-ResNet-v1 is rebuilt with its batch norms folded
+    and its ReLUs fused (`models/inception_resnet.py`); in bf16 that form keeps its stem in
+    float32, which takes most of bf16's error out of the vectors. A form built here computes
+    in `precision` itself; `network` itself, returned for any other network or device, runs
+    under the embedder's autocast."""
+    if device.type != "cpu" or not onednn.fused_conv_available(precision):
         return network
     from facenet_pytorch import InceptionResnetV1
 
     if isinstance(network, InceptionResnetV1) and not network.classify:
         from identity.faces.models.inception_resnet import fuse
 
-        return fuse(network)
+        return fuse(network, body=precision)
     return network
 
 
@@ -83,9 +85,10 @@ class Embedder:
     free test-time augmentation that usually gains a few tenths of a point on LFW; the raw
     outputs are summed, as InsightFace does, so for a network whose outputs are not unit
     vectors the longer one weighs more). `normalize=False` returns the raw sum, for
-    evaluation code that combines passes itself. `precision` bfloat16 runs the network under
-    autocast (convolutions and matmuls in bf16, outputs back in float32): embeddings agree
-    with float32's to cosine ≥ 0.998 on real crops (tests/test_precision.py)."""
+    evaluation code that combines passes itself. `precision` bfloat16 runs the network in
+    bf16 (its CPU form, or the module under autocast: convolutions and matmuls in bf16,
+    outputs back in float32): embeddings agree with float32's to cosine ≥ 0.998 on real crops
+    (tests/test_precision.py)."""
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class Embedder:
         # embeddings agree with the default layout to ~1e-7.
         network = network.to(self.device, memory_format=torch.channels_last).eval()
         self.network = for_inference(network, self.device, precision)
+        self.autocast = precision != torch.float32 and self.network is network
         self.dim = dim
         self.input_size = input_size
         self.normalization = Normalization.parse(normalization, "normalization")
@@ -142,7 +146,7 @@ class Embedder:
         # N×H×W×C data viewed as N×C×H×W is already channels-last in memory.
         batch = standardize(batch.permute(0, 3, 1, 2).float(), self.normalization)
         batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32):
+        with torch.autocast(self.device.type, dtype=self.precision, enabled=self.autocast):
             if self.flip:
                 both = self.network(torch.cat([batch, batch.flip(3)])).float()
                 vectors = both[: len(chunk)] + both[len(chunk) :]

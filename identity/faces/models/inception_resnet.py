@@ -10,8 +10,15 @@ the CPU, computing the same function with fewer passes over memory:
 What is left is the convolutions themselves, which run near this CPU's float32 peak; the
 folding and fusion saved the batch norms' and ReLUs' passes (BENCHMARKS.md, "Face pipeline
 throughput"). Embeddings equal the module's to float32 rounding (`tests/test_inception_resnet.py`).
-Built from a loaded network by `fuse`; the original keeps serving GPUs, bf16 autocast and
-torch builds without the fused kernel.
+
+With `body=torch.bfloat16` the residual blocks run in bfloat16 and the stem stays in float32.
+Rounding the first feature maps, still close to raw pixels, to bf16's 8 bits is where most of
+bf16's error comes from: with the stem in float32 the vectors are 3.6 times closer to
+float32's than the whole network under autocast (BENCHMARKS.md, "Precision"), and the stem is
+a third of the work.
+
+Built from a loaded network by `fuse`; the original keeps serving GPUs and torch builds
+without the fused kernel.
 """
 
 from __future__ import annotations
@@ -132,9 +139,10 @@ class _Mixed7a(nn.Module):
 
 
 class FusedInceptionResnetV1(nn.Module):
-    """`InceptionResnetV1(classify=False)`'s forward: N×3×H×W → N×dim unit vectors."""
+    """`InceptionResnetV1(classify=False)`'s forward: N×3×H×W float32 → N×dim float32 unit
+    vectors, the residual blocks computed in `body` (float32 or bfloat16)."""
 
-    def __init__(self, network: InceptionResnetV1) -> None:
+    def __init__(self, network: InceptionResnetV1, body: torch.dtype = torch.float32) -> None:
         super().__init__()
         if network.classify:
             raise ValueError("only the embedding form (classify=False) can be fused")
@@ -147,7 +155,8 @@ class FusedInceptionResnetV1(nn.Module):
             *(_Residual(b) for b in n.repeat_1), _Mixed6a(n.mixed_6a),
             *(_Residual(b) for b in n.repeat_2), _Mixed7a(n.mixed_7a),
             *(_Residual(b) for b in n.repeat_3), _Residual(n.block8),
-        )
+        ).to(body)
+        self.body = body
         # The bottleneck (a bias-free linear layer, then a batch norm) folded the same way.
         gain, shift = _affine(n.last_bn)
         self.bottleneck = nn.Linear(n.last_linear.in_features, n.last_linear.out_features)
@@ -155,13 +164,16 @@ class FusedInceptionResnetV1(nn.Module):
         self.bottleneck.bias = nn.Parameter(shift, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
+        x = self.blocks(self.stem(x).to(self.body)).float()
         return F.normalize(self.bottleneck(x.mean(dim=(2, 3))), p=2, dim=1)
 
 
 @torch.no_grad()
-def fuse(network: InceptionResnetV1) -> FusedInceptionResnetV1:
-    """The CPU inference form of a loaded network in eval mode (its weights are copied)."""
+def fuse(network: InceptionResnetV1, body: torch.dtype = torch.float32) -> FusedInceptionResnetV1:
+    """The CPU inference form of a loaded network in eval mode (its weights are copied), its
+    residual blocks in `body`: float32, or bfloat16 where oneDNN has bf16 kernels."""
     if network.training:
         raise ValueError("fuse a network in eval mode: batch norms must use their running statistics")
-    return FusedInceptionResnetV1(network).eval()
+    if body not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the residual blocks run in float32 or bfloat16, not {body}")
+    return FusedInceptionResnetV1(network, body).eval()
