@@ -97,7 +97,7 @@ def test_in_bf16_the_blocks_run_in_bf16_and_the_stem_in_float32() -> None:
 def test_other_networks_run_under_autocast_in_bf16() -> None:
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     embedder = Embedder(other, dim=8, input_size=16, normalization="symmetric", precision=torch.bfloat16)
-    assert embedder.network is not None and embedder.autocast
+    assert embedder.network is other and embedder.autocast  # the module itself, under autocast
     assert not Embedder(other, dim=8, input_size=16, normalization="symmetric").autocast
 
 
