@@ -64,19 +64,24 @@ def _device(settings: Settings) -> Check:
     try:
         import torch
 
-        from identity.faces.embed import resolve_device
+        from identity.faces.embed import native_bf16, resolve_device, resolve_precision
 
         device = resolve_device(settings.pipeline.device)
         facts = {"setting": settings.pipeline.device, "device": str(device),
                  "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return Check("device", False, f"IDENTITY_DEVICE={settings.pipeline.device} but CUDA is not available",
+                         facts, ConfigError.exit_code)
+        precision = "bf16" if resolve_precision(settings.pipeline.precision, device) == torch.bfloat16 else "fp32"
+        facts.update(precision_setting=settings.pipeline.precision, precision=precision)
+        embeds = f"embeddings in {precision}"
+        if settings.pipeline.precision == "auto" and device.type == "cpu":
+            embeds += " (auto: this CPU " + ("has" if native_bf16() else "lacks") + " hardware bf16)"
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                return Check("device", False, f"IDENTITY_DEVICE={settings.pipeline.device} but CUDA is not available",
-                             facts, ConfigError.exit_code)
             props = torch.cuda.get_device_properties(device)
             facts.update(gpu=props.name, memory_gib=round(props.total_memory / 2**30, 1))
-            return Check("device", True, f"{device}: {props.name}, {facts['memory_gib']} GiB", facts)
-        return Check("device", True, f"cpu ({torch.get_num_threads()} threads)", facts)
+            return Check("device", True, f"{device}: {props.name}, {facts['memory_gib']} GiB, {embeds}", facts)
+        return Check("device", True, f"cpu ({torch.get_num_threads()} threads), {embeds}", facts)
     except Exception as exc:  # a broken torch install is exactly what doctor must report
         return Check("device", False, f"torch cannot start: {exc}", {}, ConfigError.exit_code)
 

@@ -31,10 +31,31 @@ def test_a_healthy_installation_reports_every_part(capsys, monkeypatch, store_se
     assert found["packages"]["facts"]["torch"] and found["packages"]["facts"]["facenet-pytorch"]
     assert found["faiss"]["facts"]["gpu_build"] in (True, False)
     assert found["device"]["facts"]["device"] in ("cpu", "cuda", "cuda:0")
+    assert found["device"]["facts"]["precision_setting"] == "auto"
+    assert found["device"]["facts"]["precision"] == _expected_precision("auto")
     assert found["weights"]["facts"]["facenet-keras-128"]["status"] == "verified"
     assert found["database"]["facts"]["postgresql"].startswith("18")
     assert found["database"]["facts"]["pgvector"] and found["database"]["facts"]["pending_migrations"] == []
     assert found["broker"]["facts"] == {"configured": False}
+
+
+def _expected_precision(setting: str) -> str:
+    import torch
+
+    from identity.faces.embed import resolve_device, resolve_precision
+
+    return "bf16" if resolve_precision(setting, resolve_device("auto")) == torch.bfloat16 else "fp32"
+
+
+@pytest.mark.parametrize("setting", ["auto", "fp32", "bf16"])
+def test_the_device_check_says_what_the_embedding_network_computes_in(capsys, monkeypatch, setting, tmp_path):
+    code, report = doctor(capsys, monkeypatch, IDENTITY_PRECISION=setting, IDENTITY_MODELS_DIR=tmp_path,
+                          IDENTITY_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", IDENTITY_DATA_DIR=tmp_path)
+    device = checks(report)["device"]
+    assert device["ok"] and device["facts"]["precision_setting"] == setting
+    assert device["facts"]["precision"] == _expected_precision(setting)
+    assert f"embeddings in {_expected_precision(setting)}" in device["detail"]
+    assert ("(auto: this CPU" in device["detail"]) == (setting == "auto" and device["facts"]["device"] == "cpu")
 
 
 def test_missing_weights_are_a_configuration_problem_naming_the_fetch_command(
