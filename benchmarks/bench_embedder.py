@@ -76,8 +76,8 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in forms}
     deviation, mean_deviation = {}, {}
     for _ in range(args.rounds):
-        for name, (network, bf16) in forms.items():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for name, (network, autocast) in forms.items():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 start, started = time.perf_counter(), time.process_time()
                 out = network(batch)
                 seconds[name].append(time.perf_counter() - start)
