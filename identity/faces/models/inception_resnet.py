@@ -13,9 +13,9 @@ throughput"). Embeddings equal the module's to float32 rounding (`tests/test_inc
 
 With `body=torch.bfloat16` the residual blocks run in bfloat16 and the stem stays in float32.
 Rounding the first feature maps, still close to raw pixels, to bf16's 8 bits is where most of
-bf16's error comes from: with the stem in float32 the vectors are 3.6 times closer to
-float32's than the whole network under autocast (BENCHMARKS.md, "Precision"), and the stem is
-a third of the work.
+bf16's error comes from: with the stem in float32 the vectors are several times closer to
+float32's than the whole network under autocast (BENCHMARKS.md, "bf16 with the stem in
+float32"), and the stem is a third of the work.
 
 Built from a loaded network by `fuse`; the original keeps serving GPUs and torch builds
 without the fused kernel.
