@@ -142,7 +142,8 @@ def _database(settings: Settings) -> Check:
         facts["pending_migrations"] = pending
         if not pending:
             with psycopg.connect(url, connect_timeout=10) as conn:
-                facts["serving_model"], facts["model_move"] = _serving(conn, settings.pipeline.model)
+                facts["serving_model"], facts["model_move"] = _serving(
+                    conn, settings.pipeline.model, adopt="model" not in settings.pipeline.model_fields_set)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Check("database", False, f"unreachable: {reason}", facts, ServiceUnavailableError.exit_code)
@@ -160,6 +161,10 @@ def _database(settings: Settings) -> Check:
         return Check("database", False, f"{detail}: CREATE EXTENSION vector is needed", facts,
                      ConfigError.exit_code)
     served, move = facts["serving_model"], facts["model_move"]
+    if served != settings.pipeline.model and move is None:
+        return Check("database", True, f"{detail}; this store holds faces of {served}, not of the default "
+                     f"{settings.pipeline.model}, and serves {served}: `identity models migrate --to "
+                     f"{settings.pipeline.model}` moves it, IDENTITY_MODEL={served} says so", facts)
     if served != settings.pipeline.model:
         says = (f"{detail}; the store serves {served} since model move {move['id']} ({move['state']}), "
                 f"not the configured {settings.pipeline.model}: set IDENTITY_MODEL={served} (or [pipeline] model)")
@@ -170,11 +175,11 @@ def _database(settings: Settings) -> Check:
     return Check("database", True, f"{detail}, migrations applied", facts)
 
 
-def _serving(conn, model: str) -> tuple[str, dict | None]:
+def _serving(conn, model: str, *, adopt: bool) -> tuple[str, dict | None]:
     """(the model the store serves in place of the configured one, the move that made it so)."""
     from identity.store.moves import serving
 
-    served, move = serving(conn, model)
+    served, move = serving(conn, model, adopt=adopt)
     return served, None if move is None else {"id": move.id, "state": move.state, "source": move.source,
                                               "target": move.target}
 

@@ -140,6 +140,8 @@ class Service:
         # The model this service serves: the configured one until the store says a model
         # move replaced it (follow_moves); checked at most once a second.
         self._configured_model = self.settings.pipeline.model
+        # A model nobody chose (the default) gives way to the store's own (store.moves.serving).
+        self._adopt = "model" not in self.settings.pipeline.model_fields_set
         self._model_checked = float("-inf")
         self._switching = threading.Lock()
         # One model call at a time: the networks are not documented as thread-safe, and
@@ -762,9 +764,12 @@ class Service:
         from identity.errors import StoreError
 
         try:
-            served, move = self.store.serving_model(self._configured_model)
+            served, move = self.store.serving_model(self._configured_model, adopt=self._adopt)
         except StoreError:  # the database is away: keep serving what this process serves
             return self.settings.pipeline.model
+        if move is None and served != self._configured_model and served not in {
+                m.name for m in models.list_models()}:
+            served = self._configured_model  # the store's own model left the registry: nothing to adopt
         if served == self.settings.pipeline.model:
             return served
         with self._switching:
@@ -774,9 +779,14 @@ class Service:
 
             settings = model_settings(self.settings, served)
             info = model_info(served)
-            _log.warning("the configured model is %s, but the store serves %s since model move %s; serving %s "
-                         "(set IDENTITY_MODEL=%s to say so)", self._configured_model, served,
-                         move.id if move else "?", served, served)
+            if move is None:
+                _log.warning("the default model is %s, but this store holds faces of %s; serving %s "
+                             "(`identity models migrate --to %s` moves the store; IDENTITY_MODEL=%s says so)",
+                             self._configured_model, served, served, self._configured_model, served)
+            else:
+                _log.warning("the configured model is %s, but the store serves %s since model move %s; serving %s "
+                             "(set IDENTITY_MODEL=%s to say so)", self._configured_model, served, move.id, served,
+                             served)
             from identity.faces.pipeline import FacePipeline
 
             pipeline = FacePipeline.from_settings(settings) if self._pipeline is not None else None
@@ -810,6 +820,7 @@ class Service:
         from identity import moves
 
         self.target_model(target)
+        self.follow_moves(force=True)  # the source is the model served now, adopted or moved to
         report = moves.migrate(self.store, self.settings, target, switch=switch, page=page or moves.PAGE,
                                on_progress=on_progress)
         if report.switched:

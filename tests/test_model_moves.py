@@ -187,3 +187,66 @@ def test_doctor_says_which_model_the_store_serves_when_the_setting_names_another
     store.finalize_move(move)
     finalized = database_check()  # the configured model's enrollments are refused now
     assert not finalized.ok and finalized.exit_code == 3 and "refused" in finalized.detail
+
+
+def test_a_default_model_the_store_never_held_gives_way_to_the_model_of_its_faces(store):
+    default = "new-default"
+    assert store.serving_model(default, adopt=True) == (default, None)  # an empty store takes the default
+    enroll(store, "a1", "alice")
+    assert store.serving_model(default, adopt=True) == (SOURCE.name, None)
+    assert store.serving_model(default) == (default, None)  # a model the user chose is served as chosen
+    # moving the store to the default: the source serves until the switch, then the move decides
+    move, _ = store.begin_move(SOURCE.name, ModelInfo(default, "d1", 128))
+    rows = store.faces_to_move(move)
+    store.add_move_embeddings(move, [r.face_id for r in rows], np.stack([unit(128) for _ in rows]))
+    assert store.serving_model(default, adopt=True)[0] == SOURCE.name
+    switched = store.switch_move(move)
+    assert store.serving_model(default, adopt=True) == (default, switched)
+    store.finalize_move(switched)
+    assert store.serving_model(default, adopt=True)[0] == default
+
+
+def test_a_store_holding_faces_of_two_models_serves_the_default_as_configured(store):
+    enroll(store, "a1", "alice")
+    enroll(store, "t1", "tom", model=TARGET)
+    assert store.serving_model("new-default", adopt=True) == ("new-default", None)
+    assert store.serving_model(TARGET.name, adopt=True) == (TARGET.name, None)
+
+
+def registered(name: str) -> ModelInfo:
+    from identity.faces import models
+
+    spec = models.get_model(name)
+    return ModelInfo(spec.name, spec.version, spec.dim)
+
+
+def test_the_service_serves_the_model_a_store_was_built_with_unless_the_settings_name_one(store, store_settings):
+    from identity.service import Service
+
+    own = registered("w600k-mbf-512")  # not the default: a store built with another model
+    enroll(store, "a1", "alice", model=own)
+    assert store_settings.pipeline.model != own.name
+    with Service(store_settings, store=store) as svc:
+        assert svc.follow_moves(force=True) == own.name
+        assert svc.settings.pipeline.model == own.name and svc.model_info == own
+        assert svc.configured_model == store_settings.pipeline.model
+    chosen = store_settings.replace(pipeline={"model": "facenet-keras-128"})
+    with Service(chosen, store=store) as svc:
+        assert svc.follow_moves(force=True) == "facenet-keras-128"
+
+
+def test_doctor_says_the_store_keeps_its_model_and_how_to_move_it_to_the_default(store, store_settings):
+    from identity.doctor import diagnose
+
+    enroll(store, "a1", "alice", model=registered("w600k-mbf-512"))
+    check = next(c for c in diagnose(store_settings) if c.name == "database")
+    assert check.ok and check.facts["serving_model"] == "w600k-mbf-512"
+    assert f"identity models migrate --to {store_settings.pipeline.model}" in check.detail
+
+
+def test_a_store_whose_only_model_left_the_registry_serves_the_configured_one(store, store_settings):
+    from identity.service import Service
+
+    enroll(store, "a1", "alice")  # move-source: no such model in the manifest
+    with Service(store_settings, store=store) as svc:
+        assert svc.follow_moves(force=True) == store_settings.pipeline.model

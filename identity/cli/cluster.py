@@ -21,12 +21,15 @@ Hubness = Annotated[Optional[bool], typer.Option(
     help="Take each face's typical similarity to other people out of the graph first (default: the model's calibration).")]
 
 
-def cluster_params(algorithm: ClusterAlgorithm | None, threshold: float | None, hubness: bool | None = None):
+def cluster_params(algorithm: ClusterAlgorithm | None, threshold: float | None, hubness: bool | None = None,
+                   *, served=None):
+    """The clustering parameters of the configured model (or of `served`, the settings a
+    service serves with), with the options given."""
     from identity.cluster import ClusterParams
 
     overrides = {k: v for k, v in (("algorithm", algorithm and algorithm.value),
                                    ("threshold", threshold), ("hubness", hubness)) if v is not None}
-    return ClusterParams.from_settings(settings(), **overrides)
+    return ClusterParams.from_settings(served or settings(), **overrides)
 
 
 def clustered(svc, paths: list[Path], params, *, keep_crops: bool = False, keep_chips: bool = False):
@@ -104,8 +107,10 @@ def cluster(
         raise ConflictError(f"{out_dir} holds an earlier clustering result ({earlier[0].name}); pass --force "
                             "to replace it, or choose another --out", path=str(out_dir))
     paths = expand_images(images)
-    params = cluster_params(algorithm, threshold, hubness)
     with service() as svc:
+        if match or save:  # the faces must be embedded by the model the store serves
+            svc.follow_moves(force=True)
+        params = cluster_params(algorithm, threshold, hubness, served=svc.settings)
         clustering = clustered(svc, paths, params, keep_crops=folders == FolderMode.crops or sheets,
                                keep_chips=save)
         matches = svc.match_clusters(clustering) if match or save else {}

@@ -54,8 +54,9 @@ def index_status(as_json: JsonOption = False) -> None:
         moving = svc.move_index_status()
         configured = svc.configured_model
     if configured != status["model"]:
-        err.print(f"[yellow]note[/yellow]: IDENTITY_MODEL is {configured}, but the store moved to "
-                  f"{status['model']} (`identity models moves`); set IDENTITY_MODEL={status['model']}",
+        err.print(f"[yellow]note[/yellow]: the configured model is {configured}, but this store serves "
+                  f"{status['model']} (it moved there, `identity models moves`, or holds faces of no other); "
+                  f"set IDENTITY_MODEL={status['model']}, or `identity models migrate --to {configured}`",
                   highlight=False)
     if as_json:
         dump(status if moving is None else {**status, "moving": moving})

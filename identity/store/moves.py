@@ -79,9 +79,19 @@ def _move_by_id(conn: psycopg.Connection, move_id: int, *, lock: bool = False) -
     return _move(row)
 
 
-def serving(conn: psycopg.Connection, model: str) -> tuple[str, ModelMove | None]:
+def serving(conn: psycopg.Connection, model: str, *, adopt: bool = False) -> tuple[str, ModelMove | None]:
     """The model that serves in place of `model`: `model` itself unless a move from it was
-    switched (or finalized), then that move's target, followed move after move."""
+    switched (or finalized), then that move's target, followed move after move.
+
+    With `adopt` (`model` is only the default, nobody chose it), a store that holds no face
+    of `model` and faces of exactly one other model serves that one (moves followed from
+    there): a new default applies to new stores, and `identity models migrate` moves an
+    existing one. Otherwise its faces would silently drop out of every search."""
+    if adopt and not _holds(conn, model):
+        own = conn.execute("SELECT name FROM models m WHERE EXISTS "
+                           "(SELECT 1 FROM faces f WHERE f.model = m.name) LIMIT 2").fetchall()
+        if len(own) == 1:
+            model = own[0][0]
     seen = {model}
     last = None
     while True:
@@ -95,6 +105,14 @@ def serving(conn: psycopg.Connection, model: str) -> tuple[str, ModelMove | None
             return last.target, last
         model = last.target
         seen.add(model)
+
+
+def _holds(conn: psycopg.Connection, model: str) -> bool:
+    """Whether faces are of `model`, or a move left it (the store served it). A move to
+    `model` that has not switched does not count: until it does, its source serves."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM faces WHERE model = %s) "
+        "OR EXISTS (SELECT 1 FROM model_moves WHERE source = %s)", (model, model)).fetchone()[0]
 
 
 def refuse_retired(conn: psycopg.Connection, model: str) -> None:
@@ -125,10 +143,11 @@ class MovesMixin(StoreCore):
         moves = self.model_moves(open_only=True)
         return moves[0] if moves else None
 
-    def serving_model(self, model: str) -> tuple[str, ModelMove | None]:
-        """(model that serves in place of `model`, the move that made it so or None)."""
+    def serving_model(self, model: str, *, adopt: bool = False) -> tuple[str, ModelMove | None]:
+        """(model that serves in place of `model`, the move that made it so or None); with
+        `adopt`, the store's own model when it holds none of `model` (`serving`)."""
         with self.connection() as conn:
-            return serving(conn, model)
+            return serving(conn, model, adopt=adopt)
 
     def begin_move(self, source: str, target: ModelInfo) -> tuple[ModelMove, bool]:
         """The open move from `source` to `target`, or a new one. (move, resumed). A move
