@@ -60,7 +60,7 @@ class _Group(BaseModel):
 class PipelineSettings(_Group):
     """The face pipeline: which model, on which device, how images are decoded, detected, aligned and embedded."""
 
-    model: str = Field("facenet-keras-128", description="Embedding model name (see `identity models list`).")
+    model: str = Field("facenet-keras-128-tight", description="Embedding model name (see `identity models list`).")
     models_dir: Path = Field(Path("models"), description="Where weight files are looked for and fetched to.")
     cache_dir: Path | None = Field(
         None,

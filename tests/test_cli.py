@@ -73,7 +73,7 @@ def test_missing_weights_exit_3_and_say_how_to_get_them(env, tmp_path):
                       str(LABELED / "biden" / "biden2.jpg"),
                       env={**env, "IDENTITY_MODELS_DIR": str(tmp_path)})
     assert result.returncode == 3
-    assert "identity models fetch facenet-keras-128" in result.stderr
+    assert "identity models fetch facenet-keras-128-tight" in result.stderr
 
 
 def test_detect_reports_faces_and_draws_them(env, tmp_path):
@@ -106,7 +106,7 @@ def test_embed_writes_vectors_and_a_row_description(env, tmp_path):
     vectors = np.load(target)
     rows = json.loads(target.with_suffix(".json").read_text())
     assert vectors.shape == (13, 128) and len(rows["rows"]) == 13  # 6 + 2 + 3 + 2 faces
-    assert rows["model"] == "facenet-keras-128"
+    assert rows["model"] == "facenet-keras-128-tight"
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
 
@@ -114,9 +114,10 @@ def test_models_list_shows_the_default_and_its_weights(env):
     result = identity("models", "list", "--json", env=env)
     assert result.returncode == 0, result.stderr
     models = {m["name"]: m for m in json.loads(result.stdout)}
-    assert models["facenet-keras-128"]["default"] is True
-    assert models["facenet-keras-128"]["dim"] == 128
-    assert set(models["facenet-keras-128"]["thresholds"]) == {"loose", "normal", "strict"}
+    assert models["facenet-keras-128-tight"]["default"] is True
+    assert models["facenet-keras-128-tight"]["dim"] == 128
+    assert set(models["facenet-keras-128-tight"]["thresholds"]) == {"loose", "normal", "strict"}
+    assert models["facenet-keras-128"]["default"] is False
     assert {"facenet-vggface2-512", "facenet-casia-512"} <= set(models)
 
 
@@ -195,7 +196,7 @@ def test_evaluate_lfw_reports_accuracy_and_writes_the_roc_curve(env, tmp_path):
     assert report["metrics"]["accuracy_mean"] >= 0.9
     assert report["n_no_face"] == 0
     assert (tmp_path / "report" / "lfw_roc.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "report" / "lfw_report.json").read_text())["model"] == "facenet-keras-128"
+    assert json.loads((tmp_path / "report" / "lfw_report.json").read_text())["model"] == "facenet-keras-128-tight"
 
 
 def test_calibrate_stores_thresholds_that_verify_then_uses(env, in_process, tmp_path):

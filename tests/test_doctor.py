@@ -33,7 +33,7 @@ def test_a_healthy_installation_reports_every_part(capsys, monkeypatch, store_se
     assert found["device"]["facts"]["device"] in ("cpu", "cuda", "cuda:0")
     assert found["device"]["facts"]["precision_setting"] == "auto"
     assert found["device"]["facts"]["precision"] == _expected_precision("auto")
-    assert found["weights"]["facts"]["facenet-keras-128"]["status"] == "verified"
+    assert found["weights"]["facts"]["facenet-keras-128-tight"]["status"] == "verified"
     assert found["database"]["facts"]["postgresql"].startswith("18")
     assert found["database"]["facts"]["pgvector"] and found["database"]["facts"]["pending_migrations"] == []
     assert found["broker"]["facts"] == {"configured": False}
@@ -64,7 +64,7 @@ def test_missing_weights_are_a_configuration_problem_naming_the_fetch_command(
                           IDENTITY_MODELS_DIR=tmp_path, IDENTITY_DATA_DIR=store_settings.data_dir)
     weights = checks(report)["weights"]
     assert code == 3 and not report["ok"]
-    assert not weights["ok"] and "identity models fetch facenet-keras-128" in weights["detail"]
+    assert not weights["ok"] and "identity models fetch facenet-keras-128-tight" in weights["detail"]
     assert checks(report)["database"]["ok"]  # one problem does not hide the other checks
 
 

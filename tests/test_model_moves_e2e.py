@@ -1,5 +1,5 @@
 """`identity models migrate` end to end with the real weights: lfw-dev faces enrolled with
-facenet-keras-128 moved to w600k-mbf-512 from their chips (and, for faces without one,
+the default model moved to w600k-mbf-512 from their chips (and, for faces without one,
 from their photos), the run killed with SIGKILL mid-way and resumed, the result compared
 with an uninterrupted run, the switch followed by a live service, and the finalization."""
 
@@ -19,7 +19,7 @@ from identity import moves
 from identity.enroll import EnrollItem
 from tests.conftest import LFW_DIR, MODELS_DIR, ROOT
 
-SOURCE = "facenet-keras-128"
+SOURCE = "facenet-keras-128-tight"  # the default
 TARGET = "w600k-mbf-512"
 
 
@@ -172,3 +172,33 @@ def test_an_admin_api_job_moves_the_store_and_the_api_answers_with_the_new_model
         finalize = wait(start({"finalize": True}, admin).json()["job_id"])
         assert finalize["status"] == "succeeded" and finalize["result"]["state"] == "finalized"
         assert start({}, admin).status_code == 422
+
+
+def test_a_store_of_the_previous_default_keeps_serving_it_until_moved_to_the_new_one(service, env, tmp_path):
+    from identity.faces import models
+    from identity.service import Service
+
+    old = "facenet-keras-128"
+    items = photos(persons=4)
+    with Service(service.settings.replace(pipeline={"model": old}), store=service.store) as chosen:
+        assert all(o.status == "enrolled" for o in chosen.enroll_batch(items, largest_face=True))
+    probe = items[3]
+    # `service` leaves the model at the default: the store's own model answers.
+    assert service.configured_model == SOURCE
+    hits = service.search_image(probe.source)
+    assert service.model_info.name == old and hits[0].matches[0].external_id == probe.person
+    # clusters matched against the store are embedded by the store's model too
+    pair = [item.source for item in items if item.person == probe.person]
+    done = subprocess.run(cli("cluster", *pair, "--match", "--out", str(tmp_path / "clusters"), "--json"),
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads((tmp_path / "clusters" / "clusters.json").read_text())
+    assert shown["params"]["threshold"] == models.get_model(old).clustering.floor  # its calibration too
+    (cluster,) = shown["clusters"]
+    assert cluster["person"]["external_id"] == probe.person and cluster["size"] == 2
+    report = service.migrate_model(SOURCE)
+    assert report.switched and (report.source, report.target) == (old, SOURCE) and report.embedded == len(items)
+    hits = service.search_image(probe.source)
+    assert service.model_info.name == SOURCE and service.index.model.name == SOURCE
+    assert hits[0].matches[0].external_id == probe.person
+

@@ -55,18 +55,19 @@ def network(keras_spec: models.ModelSpec, keras_settings: Settings) -> torch.nn.
 # --- manifest ---------------------------------------------------------------------------------
 
 
-CALIBRATED = {"facenet-keras-128", "w600k-mbf-512"}  # on lfw-dev (benchmarks/bench_lfw.py)
+CALIBRATED = {"facenet-keras-128", "facenet-keras-128-tight", "w600k-mbf-512"}  # on lfw-dev (benchmarks/bench_lfw.py)
 
 
 def test_manifest_lists_the_models_with_keras_as_default() -> None:
     known = {m.name: m for m in models.list_models()}
     assert set(known) == {
         "facenet-keras-128",
+        "facenet-keras-128-tight",
         "w600k-mbf-512",
         "facenet-vggface2-512",
         "facenet-casia-512",
     }
-    assert [m.name for m in known.values() if m.default] == ["facenet-keras-128"]
+    assert [m.name for m in known.values() if m.default] == ["facenet-keras-128-tight"]
     facts = {
         name: (m.dim, m.input_size, m.normalization, m.format, m.architecture, m.template)
         for name, m in known.items()
@@ -74,6 +75,11 @@ def test_manifest_lists_the_models_with_keras_as_default() -> None:
     assert facts["facenet-keras-128"] == (
         128, 160, "per_image", "keras-h5", "inception-resnet-v1", "facenet"
     )
+    # the same weights, framed tighter: other vectors, so another version and its own calibration
+    tight, keras = known["facenet-keras-128-tight"], known["facenet-keras-128"]
+    assert facts["facenet-keras-128-tight"] == facts["facenet-keras-128"][:-1] + ("facenet-tight",)
+    assert tight.weight_file == keras.weight_file and tight.version != keras.version
+    assert tight.thresholds != keras.thresholds and tight.clustering != keras.clustering
     assert facts["facenet-vggface2-512"] == (
         512, 160, "fixed", "torch-state-dict", "inception-resnet-v1", "facenet"
     )
@@ -876,7 +882,8 @@ def test_describe_shows_the_licence_and_calibration_in_force(tmp_path: Path) -> 
     mbf = rows["w600k-mbf-512"]
     assert mbf["commercial_use"] is False and "non-commercial" in mbf["license"]
     assert rows["facenet-keras-128"]["commercial_use"] is True
-    assert rows["facenet-keras-128"]["default"] and not mbf["default"]
+    assert rows["facenet-keras-128-tight"]["default"] and not mbf["default"]
+    assert not rows["facenet-keras-128"]["default"]
     assert mbf["alignment"] == "similarity/arcface" and mbf["normalization"] == "symmetric"
     assert mbf["status"] == "present" and rows["facenet-casia-512"]["status"] == "missing"
     assert "--accept-license" not in rows["facenet-casia-512"]["detail"]

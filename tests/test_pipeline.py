@@ -235,6 +235,24 @@ def test_arcface_template_places_the_landmarks_where_insightface_expects_them():
     assert np.allclose(TEMPLATES[Template.ARCFACE] * 112, ARCFACE_112)
 
 
+def test_the_tight_facenet_template_frames_the_same_face_larger_about_the_crop_centre():
+    from identity.faces.align import TEMPLATE_UNIT, TEMPLATES, TIGHT_SCALE
+    from identity.faces.models import Template
+
+    tight, plain = TEMPLATES[Template.FACENET_TIGHT], TEMPLATES[Template.FACENET]
+    assert np.allclose(tight - 0.5, TIGHT_SCALE * (plain - 0.5)) and TIGHT_SCALE > 1
+    assert np.linalg.norm(tight[1] - tight[0]) == pytest.approx(TIGHT_SCALE * np.linalg.norm(TEMPLATE_UNIT[1] - TEMPLATE_UNIT[0]))
+    # still mirror-symmetric: eyes and mouth corners pair up about x = 0.5, the nose on it
+    assert np.allclose(tight[[0, 3, 2], 0] + tight[[1, 4, 2], 0], 1.0)
+    # a face aligned onto it shows the central part of the same face aligned onto the plain one
+    landmarks = TEMPLATE_UNIT * 160 + [30.0, 20.0]
+    yy, xx = np.mgrid[0:240, 0:240]
+    pixels = np.stack([xx, yy, (xx + yy) // 2], axis=-1).astype(np.uint8)
+    wide = warp(pixels, landmarks, image_size=160, template=Template.FACENET).astype(float)
+    close = warp(pixels, landmarks, image_size=160, template=Template.FACENET_TIGHT).astype(float)
+    assert np.ptp(close[80, 10:150, 0]) < np.ptp(wide[80, 10:150, 0]) / TIGHT_SCALE + 2
+
+
 def test_an_unknown_alignment_word_is_refused():
     face = DetectedFace((0, 0, 10, 10), np.zeros((5, 2), np.float32), 0.99)
     with pytest.raises(ValueError, match="alignment method 'affine' is not one of"):

@@ -52,6 +52,7 @@ class Template(_Vocabulary):
     """Where a similarity alignment puts the 5 landmarks (points in identity.faces.align)."""
 
     FACENET = "facenet"  # mean landmarks of margin-cropped lfw-dev faces (benchmarks/derive_template.py)
+    FACENET_TIGHT = "facenet-tight"  # the facenet template framed 1.1x tighter (identity.faces.align)
     ARCFACE = "arcface"  # InsightFace's ArcFace template for 112x112 crops
 
 
