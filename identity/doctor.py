@@ -142,8 +142,7 @@ def _database(settings: Settings) -> Check:
         facts["pending_migrations"] = pending
         if not pending:
             with psycopg.connect(url, connect_timeout=10) as conn:
-                facts["serving_model"], facts["model_move"] = _serving(
-                    conn, settings.pipeline.model, adopt="model" not in settings.pipeline.model_fields_set)
+                facts["serving_model"], facts["model_move"] = _serving(conn, settings)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Check("database", False, f"unreachable: {reason}", facts, ServiceUnavailableError.exit_code)
@@ -175,11 +174,12 @@ def _database(settings: Settings) -> Check:
     return Check("database", True, f"{detail}, migrations applied", facts)
 
 
-def _serving(conn, model: str, *, adopt: bool) -> tuple[str, dict | None]:
+def _serving(conn, settings: Settings) -> tuple[str, dict | None]:
     """(the model the store serves in place of the configured one, the move that made it so)."""
+    from identity.faces.models import model_chosen
     from identity.store.moves import serving
 
-    served, move = serving(conn, model, adopt=adopt)
+    served, move = serving(conn, settings.pipeline.model, adopt=not model_chosen(settings))
     return served, None if move is None else {"id": move.id, "state": move.state, "source": move.source,
                                               "target": move.target}
 

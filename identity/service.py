@@ -140,8 +140,7 @@ class Service:
         # The model this service serves: the configured one until the store says a model
         # move replaced it (follow_moves); checked at most once a second.
         self._configured_model = self.settings.pipeline.model
-        # A model nobody chose (the default) gives way to the store's own (store.moves.serving).
-        self._adopt = "model" not in self.settings.pipeline.model_fields_set
+        self._adopt = not models.model_chosen(self.settings)  # the default gives way to the store's own
         self._model_checked = float("-inf")
         self._switching = threading.Lock()
         # One model call at a time: the networks are not documented as thread-safe, and

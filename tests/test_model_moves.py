@@ -142,21 +142,33 @@ def test_a_target_vector_of_the_wrong_dimension_is_refused(store):
         store.add_move_embeddings(move, [face_id], np.stack([unit(32)]))
 
 
-def test_running_migrate_again_after_the_switch_picks_up_faces_written_with_the_old_model(store, store_settings):
+class FakeEmbedder:
+    device = "cpu"
+
+    def embed(self, crops):
+        return np.stack([unit(TARGET.dim) for _ in crops])
+
+
+class FakeReembedder:
+    """Stands in for the target's network: these tests are about the store's bookkeeping."""
+
+    embedder = FakeEmbedder()
+    spec = TARGET  # name, version, dim: all migrate reads of a spec
+
+    def crop(self, row):
+        return np.zeros((4, 4, 3), np.uint8), "photo"
+
+
+def test_migrate_with_the_model_left_at_the_default_moves_the_model_the_store_holds(store, store_settings):
     from identity import moves
 
-    class FakeEmbedder:
-        device = "cpu"
+    enroll(store, "a1", "alice")
+    report = moves.migrate(store, store_settings, TARGET.name, reembedder=FakeReembedder())
+    assert report.source == SOURCE.name and report.switched and report.embedded == 1
 
-        def embed(self, crops):
-            return np.stack([unit(TARGET.dim) for _ in crops])
 
-    class FakeReembedder:
-        embedder = FakeEmbedder()
-        spec = TARGET  # name, version, dim: all migrate reads of a spec
-
-        def crop(self, row):
-            return np.zeros((4, 4, 3), np.uint8), "photo"
+def test_running_migrate_again_after_the_switch_picks_up_faces_written_with_the_old_model(store, store_settings):
+    from identity import moves
 
     enroll(store, "a1", "alice")
     move, _ = store.begin_move(SOURCE.name, TARGET)

@@ -241,7 +241,8 @@ def test_the_tight_facenet_template_frames_the_same_face_larger_about_the_crop_c
 
     tight, plain = TEMPLATES[Template.FACENET_TIGHT], TEMPLATES[Template.FACENET]
     assert np.allclose(tight - 0.5, TIGHT_SCALE * (plain - 0.5)) and TIGHT_SCALE > 1
-    assert np.linalg.norm(tight[1] - tight[0]) == pytest.approx(TIGHT_SCALE * np.linalg.norm(TEMPLATE_UNIT[1] - TEMPLATE_UNIT[0]))
+    eyes = np.linalg.norm(tight[1] - tight[0])
+    assert eyes == pytest.approx(TIGHT_SCALE * np.linalg.norm(TEMPLATE_UNIT[1] - TEMPLATE_UNIT[0]))
     # still mirror-symmetric: eyes and mouth corners pair up about x = 0.5, the nose on it
     assert np.allclose(tight[[0, 3, 2], 0] + tight[[1, 4, 2], 0], 1.0)
     # a face aligned onto it shows the central part of the same face aligned onto the plain one

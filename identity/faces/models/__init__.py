@@ -26,7 +26,7 @@ networks (`keras_facenet`, `mobilefacenet`) are meant to be used directly: their
 checks are tested piece by piece."""
 
 from identity.faces.models.calibration import load_clustering, load_thresholds, save_calibration
-from identity.faces.models.effective import alignment_method, clustering
+from identity.faces.models.effective import alignment_method, clustering, model_chosen
 from identity.faces.models.fetch import fetch
 from identity.faces.models.kinds import (
     AlignMethod,
@@ -98,6 +98,7 @@ __all__ = [
     "load_network",
     "load_state_dict",
     "load_thresholds",
+    "model_chosen",
     "resolve",
     "save_calibration",
     "sha256_file",

@@ -25,6 +25,12 @@ def explicit(group: BaseModel, name: str) -> object | None:
     return value
 
 
+def model_chosen(settings: Settings) -> bool:
+    """Whether the user named the model. One that is only the default gives way to the
+    model a store's faces are of (`identity.store.moves.serving`, `adopt`)."""
+    return explicit(settings.pipeline, "model") is not None
+
+
 def alignment_method(spec: ModelSpec, settings: Settings) -> AlignMethod:
     """IDENTITY_ALIGNMENT when set, else the model's alignment."""
     chosen = explicit(settings.pipeline, "alignment")
