@@ -778,7 +778,9 @@ class Service:
 
             settings = model_settings(self.settings, served)
             info = model_info(served)
-            if move is None:
+            if served == self._configured_model:
+                _log.info("this store now serves %s, the configured model", served)
+            elif move is None:
                 _log.warning("the default model is %s, but this store holds faces of %s; serving %s "
                              "(`identity models migrate --to %s` moves the store; IDENTITY_MODEL=%s says so)",
                              self._configured_model, served, served, self._configured_model, served)
