@@ -32,7 +32,8 @@ class ClusterParams:
     uses the threshold only as an outlier floor (`detach_outliers`).
 
     The floor and the merge depend on the embedding space: `from_settings` takes them from
-    the configured model's calibration. The defaults here are facenet-keras-128's."""
+    the configured model's calibration. The defaults here are on FaceNet's cosine scale,
+    for callers that build parameters without settings (tests, benchmarks)."""
 
     algorithm: Algorithm = "hdbscan"
     threshold: float = 0.70
