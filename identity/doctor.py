@@ -176,10 +176,10 @@ def _database(settings: Settings) -> Check:
 
 def _serving(conn, settings: Settings) -> tuple[str, dict | None]:
     """(the model the store serves in place of the configured one, the move that made it so)."""
-    from identity.faces.models import model_chosen
+    from identity.faces.models import adoptable_models
     from identity.store.moves import serving
 
-    served, move = serving(conn, settings.pipeline.model, adopt=not model_chosen(settings))
+    served, move = serving(conn, settings.pipeline.model, adoptable=adoptable_models(settings))
     return served, None if move is None else {"id": move.id, "state": move.state, "source": move.source,
                                               "target": move.target}
 

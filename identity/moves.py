@@ -222,7 +222,7 @@ def migrate(store: Store, settings: Settings, target: str, *, source: str | None
         if open_move is not None and open_move.target == target:
             source = open_move.source  # resuming (or re-running a switched move to pick up stragglers)
         else:
-            source = store.serving_model(settings.pipeline.model, adopt=not models.model_chosen(settings))[0]
+            source = store.serving_model(settings.pipeline.model, adoptable=models.adoptable_models(settings))[0]
     spec = reembedder.spec if reembedder is not None else models.get_model(target)
     info = ModelInfo(spec.name, spec.version, spec.dim)
     move, resumed = store.begin_move(source, info)

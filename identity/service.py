@@ -140,7 +140,7 @@ class Service:
         # The model this service serves: the configured one until the store says a model
         # move replaced it (follow_moves); checked at most once a second.
         self._configured_model = self.settings.pipeline.model
-        self._adopt = not models.model_chosen(self.settings)  # the default gives way to the store's own
+        self._adoptable = models.adoptable_models(self.settings)  # a default gives way to the store's own
         self._model_checked = float("-inf")
         self._switching = threading.Lock()
         # One model call at a time: the networks are not documented as thread-safe, and
@@ -763,12 +763,9 @@ class Service:
         from identity.errors import StoreError
 
         try:
-            served, move = self.store.serving_model(self._configured_model, adopt=self._adopt)
+            served, move = self.store.serving_model(self._configured_model, adoptable=self._adoptable)
         except StoreError:  # the database is away: keep serving what this process serves
             return self.settings.pipeline.model
-        if move is None and served != self._configured_model and served not in {
-                m.name for m in models.list_models()}:
-            served = self._configured_model  # the store's own model left the registry: nothing to adopt
         if served == self.settings.pipeline.model:
             return served
         with self._switching:

@@ -142,6 +142,13 @@ def test_a_target_vector_of_the_wrong_dimension_is_refused(store):
         store.add_move_embeddings(move, [face_id], np.stack([unit(32)]))
 
 
+def registered(name: str) -> ModelInfo:
+    from identity.faces import models
+
+    spec = models.get_model(name)
+    return ModelInfo(spec.name, spec.version, spec.dim)
+
+
 class FakeEmbedder:
     device = "cpu"
 
@@ -162,9 +169,9 @@ class FakeReembedder:
 def test_migrate_with_the_model_left_at_the_default_moves_the_model_the_store_holds(store, store_settings):
     from identity import moves
 
-    enroll(store, "a1", "alice")
+    enroll(store, "a1", "alice", model=registered("w600k-mbf-512"))
     report = moves.migrate(store, store_settings, TARGET.name, reembedder=FakeReembedder())
-    assert report.source == SOURCE.name and report.switched and report.embedded == 1
+    assert report.source == "w600k-mbf-512" and report.switched and report.embedded == 1
 
 
 def test_running_migrate_again_after_the_switch_picks_up_faces_written_with_the_old_model(store, store_settings):
@@ -201,35 +208,33 @@ def test_doctor_says_which_model_the_store_serves_when_the_setting_names_another
     assert not finalized.ok and finalized.exit_code == 3 and "refused" in finalized.detail
 
 
+KNOWN = {SOURCE.name, TARGET.name, "new-default"}  # the models a default may give way to
+
+
 def test_a_default_model_the_store_never_held_gives_way_to_the_model_of_its_faces(store):
     default = "new-default"
-    assert store.serving_model(default, adopt=True) == (default, None)  # an empty store takes the default
+    assert store.serving_model(default, adoptable=KNOWN) == (default, None)  # an empty store takes the default
     enroll(store, "a1", "alice")
-    assert store.serving_model(default, adopt=True) == (SOURCE.name, None)
+    assert store.serving_model(default, adoptable=KNOWN) == (SOURCE.name, None)
     assert store.serving_model(default) == (default, None)  # a model the user chose is served as chosen
+    # a model the registry no longer lists is not adopted: nothing could embed a query for it
+    assert store.serving_model(default, adoptable={TARGET.name}) == (default, None)
     # moving the store to the default: the source serves until the switch, then the move decides
     move, _ = store.begin_move(SOURCE.name, ModelInfo(default, "d1", 128))
     rows = store.faces_to_move(move)
     store.add_move_embeddings(move, [r.face_id for r in rows], np.stack([unit(128) for _ in rows]))
-    assert store.serving_model(default, adopt=True)[0] == SOURCE.name
+    assert store.serving_model(default, adoptable=KNOWN)[0] == SOURCE.name
     switched = store.switch_move(move)
-    assert store.serving_model(default, adopt=True) == (default, switched)
+    assert store.serving_model(default, adoptable=KNOWN) == (default, switched)
     store.finalize_move(switched)
-    assert store.serving_model(default, adopt=True)[0] == default
+    assert store.serving_model(default, adoptable=KNOWN)[0] == default
 
 
 def test_a_store_holding_faces_of_two_models_serves_the_default_as_configured(store):
     enroll(store, "a1", "alice")
     enroll(store, "t1", "tom", model=TARGET)
-    assert store.serving_model("new-default", adopt=True) == ("new-default", None)
-    assert store.serving_model(TARGET.name, adopt=True) == (TARGET.name, None)
-
-
-def registered(name: str) -> ModelInfo:
-    from identity.faces import models
-
-    spec = models.get_model(name)
-    return ModelInfo(spec.name, spec.version, spec.dim)
+    assert store.serving_model("new-default", adoptable=KNOWN) == ("new-default", None)
+    assert store.serving_model(TARGET.name, adoptable=KNOWN) == (TARGET.name, None)
 
 
 def test_the_service_serves_the_model_a_store_was_built_with_unless_the_settings_name_one(store, store_settings):

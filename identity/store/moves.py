@@ -12,7 +12,7 @@ See docs/ARCHITECTURE.md, "Moving to another model".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -79,18 +79,20 @@ def _move_by_id(conn: psycopg.Connection, move_id: int, *, lock: bool = False) -
     return _move(row)
 
 
-def serving(conn: psycopg.Connection, model: str, *, adopt: bool = False) -> tuple[str, ModelMove | None]:
+def serving(conn: psycopg.Connection, model: str,
+            *, adoptable: Collection[str] = ()) -> tuple[str, ModelMove | None]:
     """The model that serves in place of `model`: `model` itself unless a move from it was
     switched (or finalized), then that move's target, followed move after move.
 
-    With `adopt` (`model` is only the default, nobody chose it), a store that holds no face
-    of `model` and faces of exactly one other model serves that one (moves followed from
-    there): a new default applies to new stores, and `identity models migrate` moves an
-    existing one. Otherwise its faces would silently drop out of every search."""
-    if adopt and not _holds(conn, model):
+    `adoptable` (given when `model` is only the default: nobody chose it): a store that
+    holds no face of `model` and faces of exactly one other model, one of these, serves that
+    one (moves followed from there). A new default applies to new stores, and `identity
+    models migrate` moves an existing one; otherwise its faces would silently drop out of
+    every search."""
+    if adoptable and not _holds(conn, model):
         own = conn.execute("SELECT name FROM models m WHERE EXISTS "
                            "(SELECT 1 FROM faces f WHERE f.model = m.name) LIMIT 2").fetchall()
-        if len(own) == 1:
+        if len(own) == 1 and own[0][0] in adoptable:
             model = own[0][0]
     seen = {model}
     last = None
@@ -143,11 +145,11 @@ class MovesMixin(StoreCore):
         moves = self.model_moves(open_only=True)
         return moves[0] if moves else None
 
-    def serving_model(self, model: str, *, adopt: bool = False) -> tuple[str, ModelMove | None]:
+    def serving_model(self, model: str, *, adoptable: Collection[str] = ()) -> tuple[str, ModelMove | None]:
         """(model that serves in place of `model`, the move that made it so or None); with
-        `adopt`, the store's own model when it holds none of `model` (`serving`)."""
+        `adoptable`, the store's own model when it holds none of `model` (`serving`)."""
         with self.connection() as conn:
-            return serving(conn, model, adopt=adopt)
+            return serving(conn, model, adoptable=adoptable)
 
     def begin_move(self, source: str, target: ModelInfo) -> tuple[ModelMove, bool]:
         """The open move from `source` to `target`, or a new one. (move, resumed). A move

@@ -26,7 +26,7 @@ networks (`keras_facenet`, `mobilefacenet`) are meant to be used directly: their
 checks are tested piece by piece."""
 
 from identity.faces.models.calibration import load_clustering, load_thresholds, save_calibration
-from identity.faces.models.effective import alignment_method, clustering, model_chosen
+from identity.faces.models.effective import adoptable_models, alignment_method, clustering
 from identity.faces.models.fetch import fetch
 from identity.faces.models.kinds import (
     AlignMethod,
@@ -63,6 +63,7 @@ from identity.faces.models.paths import (
 from identity.faces.models.verify import ModelStatus, sha256_file, verified_source, verify
 
 __all__ = [
+    "adoptable_models",
     "AlignMethod",
     "Architecture",
     "ClusteringDefaults",
@@ -98,7 +99,6 @@ __all__ = [
     "load_network",
     "load_state_dict",
     "load_thresholds",
-    "model_chosen",
     "resolve",
     "save_calibration",
     "sha256_file",

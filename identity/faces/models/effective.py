@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from identity.config import Settings
 from identity.faces.models.calibration import load_clustering
 from identity.faces.models.kinds import AlignMethod
-from identity.faces.models.manifest import ClusteringDefaults, ModelSpec
+from identity.faces.models.manifest import ClusteringDefaults, ModelSpec, load_manifest
 
 
 def explicit(group: BaseModel, name: str) -> object | None:
@@ -25,10 +25,13 @@ def explicit(group: BaseModel, name: str) -> object | None:
     return value
 
 
-def model_chosen(settings: Settings) -> bool:
-    """Whether the user named the model. One that is only the default gives way to the
-    model a store's faces are of (`identity.store.moves.serving`, `adopt`)."""
-    return explicit(settings.pipeline, "model") is not None
+def adoptable_models(settings: Settings) -> frozenset[str]:
+    """The models a store may serve in place of the configured one because its faces are of
+    them (`identity.store.moves.serving`): the registry's when the configured model is only
+    the default, none when the user named it."""
+    if explicit(settings.pipeline, "model") is not None:
+        return frozenset()
+    return frozenset(load_manifest())
 
 
 def alignment_method(spec: ModelSpec, settings: Settings) -> AlignMethod:
