@@ -28,13 +28,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from identity.cluster import ClusterParams, FaceSet, cluster_faces, evaluate_clustering
 from identity.config import Settings
-from identity.evaluate.calibrate import calibrate_clustering
+from identity.evaluate.calibrate import all_pair_scores, calibrate_clustering, calibrate_levels
 from identity.evaluate.runner import labelled_images
-from identity.faces.align import TEMPLATE_UNIT, crop, similarity_transform
+from identity.faces.align import TEMPLATE_UNIT, crop, warp_onto
 from identity.faces.detect import select_faces
 from identity.faces.pipeline import FacePipeline
 
@@ -45,16 +44,9 @@ FLOORS = tuple(np.round(np.arange(0.56, 0.79, 0.02), 2))
 MERGES = (0.70, 0.75, 0.80, 1.01)
 
 
-def scaled_warp(pixels: np.ndarray, landmarks: np.ndarray, scale: float, size: int) -> np.ndarray:
-    points = (0.5 + scale * (TEMPLATE_UNIT - 0.5)) * size
-    forward = similarity_transform(np.asarray(landmarks).reshape(5, 2), points)
-    inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]
-    return np.asarray(Image.fromarray(pixels).transform(
-        (size, size), Image.AFFINE, data=tuple(inverse.ravel()), resample=Image.BILINEAR))
-
-
 def _on_template(pixels: np.ndarray, face, *, scale: float, size: int) -> np.ndarray:
-    return scaled_warp(pixels, face.landmarks, scale, size)
+    points = (0.5 + scale * (TEMPLATE_UNIT - 0.5)) * size
+    return warp_onto(pixels, face.landmarks, points, image_size=size)
 
 
 def _margin_crop(pixels: np.ndarray, face, *, size: int) -> np.ndarray:
@@ -62,11 +54,10 @@ def _margin_crop(pixels: np.ndarray, face, *, size: int) -> np.ndarray:
 
 
 def true_accept_rates(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    upper = np.triu_indices(len(x), 1)
-    scores = (x @ x.T)[upper]
-    same = (labels[:, None] == labels[None, :])[upper]
-    impostors = np.sort(scores[~same])[::-1]
-    return {f"tar@{far:g}": float((scores[same] > impostors[int(far * len(impostors))]).mean()) for far in FARS}
+    """TAR at each FAR as `identity calibrate` sets its thresholds, over every pair."""
+    impostor, genuine = all_pair_scores(x, labels)
+    levels = calibrate_levels(impostor, genuine, {f"tar@{far:g}": far for far in FARS})
+    return {name: level.genuine_accept_rate for name, level in levels.items()}
 
 
 def clustering(x: np.ndarray, labels: np.ndarray, image_index: np.ndarray, params: ClusterParams) -> dict:

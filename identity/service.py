@@ -818,7 +818,6 @@ class Service:
         from identity import moves
 
         self.target_model(target)
-        self.follow_moves(force=True)  # the source is the model served now, adopted or moved to
         report = moves.migrate(self.store, self.settings, target, switch=switch, page=page or moves.PAGE,
                                on_progress=on_progress)
         if report.switched:

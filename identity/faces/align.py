@@ -122,6 +122,12 @@ def warp(
     template: Template | str = Template.FACENET,
 ) -> np.ndarray:
     points = TEMPLATES[Template.parse(template, "landmark template")] * image_size
+    return warp_onto(pixels, landmarks, points, image_size=image_size)
+
+
+def warp_onto(pixels: np.ndarray, landmarks: np.ndarray, points: np.ndarray, *, image_size: int) -> np.ndarray:
+    """The image_size² crop whose similarity transform puts `landmarks` on `points` (5×2,
+    crop pixels): `warp` with any template, such as the scaled ones a benchmark scans."""
     forward = similarity_transform(np.asarray(landmarks).reshape(5, 2), points)
     # Pillow's AFFINE wants the output→input mapping.
     inverse = np.linalg.inv(np.vstack([forward, [0, 0, 1]]))[:2]

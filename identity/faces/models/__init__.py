@@ -63,7 +63,6 @@ from identity.faces.models.paths import (
 from identity.faces.models.verify import ModelStatus, sha256_file, verified_source, verify
 
 __all__ = [
-    "adoptable_models",
     "AlignMethod",
     "Architecture",
     "ClusteringDefaults",
@@ -78,6 +77,7 @@ __all__ = [
     "WeightFormat",
     "WeightStatus",
     "Weighted",
+    "adoptable_models",
     "alignment_method",
     "build_network",
     "cache_dir",
