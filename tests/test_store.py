@@ -88,6 +88,18 @@ def test_an_unreachable_server_is_a_store_error_naming_it(tmp_path):
     assert caught.value.exit_code == 4
 
 
+def test_a_server_lost_while_the_schema_is_read_is_a_store_error_naming_it(store_settings):
+    from identity.store.migrate import _backend, _migrations
+
+    url = str(store_settings.store.database_url)
+    with pytest.raises(StoreError, match="lost the connection to PostgreSQL") as caught, _backend(url) as backend:
+        pid = backend.connection.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as other:  # the server drops this session
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        backend.to_apply(_migrations())
+    assert caught.value.exit_code == 4
+
+
 def test_a_store_is_constructed_without_connecting_and_used_once_connected(store_settings, tmp_path):
     nowhere = Store(f"postgresql://nobody:secret@/identity?host={tmp_path}/no-such-socket-dir", pool_min=2)
     with pytest.raises(StoreError, match="not open") as caught:

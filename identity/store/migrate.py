@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
+
 from identity.config import Settings
 from identity.errors import StoreError
 from identity.resources import migrations_dir
@@ -31,6 +33,11 @@ def _backend(url: str) -> Iterator[object]:
         raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
     try:
         yield backend
+    except psycopg.OperationalError as exc:
+        # The server died (or was restarted) between connecting and finishing: the same
+        # clear StoreError as failing to connect, not psycopg's traceback.
+        raise StoreError(f"lost the connection to PostgreSQL at {redact(url)} while reading or migrating "
+                         f"its schema: {exc}") from exc
     finally:
         backend.connection.close()
 
